@@ -1,0 +1,42 @@
+# Two commands set everything up on a fresh Debian/Ubuntu machine: `make demo` and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PLUGIN_NAME := building_footprints
+QGIS_PROFILE_DIR ?= $(HOME)/.local/share/QGIS/QGIS3/profiles/default
+export QT_QPA_PLATFORM ?= offscreen
+# rasterio bundles its own PROJ; keep QGIS's GDAL from reading it and vice versa.
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: setup test test-desktop demo lint bench zip deploy clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt scripts/setup_env.sh
+	@bash scripts/setup_env.sh
+	@touch $@
+
+test: $(STAMP)
+	$(PY) -m pytest tests
+
+test-desktop: $(STAMP)
+	$(PY) -m pytest -m desktop tests/test_desktop.py --run-desktop
+
+demo: $(STAMP)
+	$(PY) scripts/demo.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: $(STAMP)
+	$(PY) scripts/bench.py
+
+zip: $(STAMP)
+	$(PY) scripts/build_zip.py --out dist/$(PLUGIN_NAME).zip
+
+deploy: zip
+	$(PY) scripts/build_zip.py --deploy "$(QGIS_PROFILE_DIR)"
+
+clean:
+	rm -rf dist demo_output .pytest_cache

@@ -1,0 +1,70 @@
+"""`detect RASTER --out BUILDINGS.gpkg`: probability raster and building polygons for one raster."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from . import add_common_arguments
+from .common import Reporter
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "detect",
+        help="detect buildings in a raster",
+        description="Detect building footprints in a raster; writes polygons and optionally the probability raster.",
+    )
+    parser.add_argument("raster", type=Path, help="input raster (GeoTIFF, VRT or anything GDAL opens)")
+    parser.add_argument("--out", type=Path, required=True, help="output polygons (.gpkg, .geojson, .shp, .fgb)")
+    parser.add_argument("--probability", type=Path, help="also keep the probability raster here (.tif)")
+    parser.add_argument("--model", help="model name or card path (default: the bundled default model)")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--threshold", type=float, help="probability threshold (default: from the model card)")
+    parser.add_argument("--min-area", type=float, default=20.0, help="drop buildings smaller than this, m² (20)")
+    parser.add_argument("--regularize", action="store_true", help="square building outlines")
+    parser.add_argument("--tta", action="store_true", help="test-time augmentation (the card's policy)")
+    parser.add_argument("--float32", action="store_true", help="write float32 probabilities instead of uint8")
+    parser.add_argument("--batch-size", type=int, help="tiles per batch (default: from device memory)")
+    add_common_arguments(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, reporter: Reporter) -> int:
+    from ..core.errors import ModelError
+    from ..core.inference import InferenceOptions
+    from ..core.modelcard import default_model_name, find_model
+    from ..core.pipeline import detect_buildings
+    from ..core.polygons import PolygonOptions
+
+    model_name = args.model or default_model_name("EO")
+    if model_name is None:
+        raise ModelError("No model given and no bundled model found. Pass --model NAME (see `models`).")
+    card = find_model(model_name)
+    inference_options = InferenceOptions(
+        device=args.device,
+        tta=args.tta,
+        output_dtype="float32" if args.float32 else "uint8",
+        batch_size=args.batch_size,
+    )
+    polygon_options = PolygonOptions(
+        threshold=card.threshold if args.threshold is None else args.threshold,
+        min_area_m2=args.min_area,
+        regularize=args.regularize,
+    )
+    reporter.stage(f"detect {args.raster.name}")
+    result = detect_buildings(
+        args.raster,
+        args.out,
+        card,
+        probability_path=args.probability,
+        inference_options=inference_options,
+        polygon_options=polygon_options,
+        progress=reporter.progress,
+        is_canceled=reporter.is_canceled,
+    )
+    lines = result.summary_lines() + [f"Polygons: {result.buildings_path}"]
+    if result.probability_path:
+        lines.append(f"Probability: {result.probability_path}")
+    reporter.summary(result.to_dict(), lines)
+    return 0

@@ -1,0 +1,209 @@
+"""Vector reading and writing through GDAL/OGR (osgeo, which ships with every QGIS).
+
+Geometries are shapely objects; CRSs travel as WKT strings. Writes are atomic: a temporary
+folder beside the target, then a rename, so a failure never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+import shapely
+from shapely.geometry.base import BaseGeometry
+
+from .errors import InputError, OutputError
+
+DRIVERS_BY_SUFFIX = {
+    ".gpkg": "GPKG",
+    ".geojson": "GeoJSON",
+    ".json": "GeoJSON",
+    ".shp": "ESRI Shapefile",
+    ".fgb": "FlatGeobuf",
+    ".gml": "GML",
+    ".kml": "KML",
+    ".sqlite": "SQLite",
+    ".csv": "CSV",
+}
+
+
+def _ogr():
+    from osgeo import ogr, osr
+
+    ogr.UseExceptions()
+    osr.UseExceptions()
+    return ogr, osr
+
+
+@dataclass
+class VectorData:
+    geometries: list[BaseGeometry]
+    attributes: list[dict[str, Any]]
+    crs_wkt: Optional[str]
+    n_fixed: int = 0
+    n_dropped: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+def _srs_from_wkt(wkt: Optional[str]):
+    _, osr = _ogr()
+    if not wkt:
+        return None
+    srs = osr.SpatialReference()
+    srs.ImportFromWkt(wkt) if not wkt.upper().startswith("EPSG:") else srs.SetFromUserInput(wkt)
+    srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    return srs
+
+
+def read_polygons(path: Path | str, target_crs_wkt: Optional[str] = None, layer: Optional[str] = None) -> VectorData:
+    """Read polygon features, make them valid, optionally reproject to target_crs_wkt.
+
+    Non-polygon parts are dropped; invalid geometries are repaired and counted in n_fixed.
+    """
+    ogr, osr = _ogr()
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"Vector file not found: {path}. Check the path.")
+    try:
+        dataset = ogr.Open(str(path))
+    except RuntimeError as exc:
+        raise InputError(f"Cannot open vector file {path}: {exc}. Is it a valid GeoPackage/GeoJSON/Shapefile?") from None
+    if dataset is None or dataset.GetLayerCount() == 0:
+        raise InputError(f"Vector file {path} has no layers.")
+    ogr_layer = dataset.GetLayerByName(layer) if layer else dataset.GetLayer(0)
+    if ogr_layer is None:
+        raise InputError(f"Vector file {path} has no layer named '{layer}'.")
+    source_srs = ogr_layer.GetSpatialRef()
+    if source_srs is not None:
+        source_srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    transform = None
+    target_srs = _srs_from_wkt(target_crs_wkt) if target_crs_wkt else None
+    if target_srs is not None and source_srs is not None and not source_srs.IsSame(target_srs):
+        transform = osr.CoordinateTransformation(source_srs, target_srs)
+    result = VectorData([], [], target_crs_wkt if target_srs is not None else (source_srs.ExportToWkt() if source_srs else None))
+    if target_srs is not None and source_srs is None:
+        result.warnings.append(f"{path.name} has no CRS; assuming it already uses the raster's CRS.")
+    defn = ogr_layer.GetLayerDefn()
+    names = [defn.GetFieldDefn(i).GetName() for i in range(defn.GetFieldCount())]
+    for feature in ogr_layer:
+        ogr_geom = feature.GetGeometryRef()
+        if ogr_geom is None:
+            result.n_dropped += 1
+            continue
+        ogr_geom = ogr_geom.Clone()
+        if transform is not None:
+            ogr_geom.Transform(transform)
+        geom = shapely.from_wkb(bytes(ogr_geom.ExportToIsoWkb()))
+        geom, fixed = _polygonal_valid(geom)
+        result.n_fixed += int(fixed)
+        if geom is None:
+            result.n_dropped += 1
+            continue
+        result.geometries.append(geom)
+        result.attributes.append({name: feature.GetField(name) for name in names})
+    return result
+
+
+def _polygonal_valid(geom: BaseGeometry) -> tuple[Optional[BaseGeometry], bool]:
+    """Return the polygonal part of a valid version of geom, and whether it needed fixing."""
+    if geom is None or geom.is_empty:
+        return None, False
+    if geom.has_z:
+        geom = shapely.force_2d(geom)
+    fixed = False
+    if not geom.is_valid:
+        geom = shapely.make_valid(geom)
+        fixed = True
+    if geom.geom_type in ("Polygon", "MultiPolygon"):
+        return geom, fixed
+    if geom.geom_type == "GeometryCollection":
+        parts = [g for g in geom.geoms if g.geom_type in ("Polygon", "MultiPolygon")]
+        if parts:
+            return shapely.union_all(parts), True
+    return None, fixed
+
+
+_FIELD_TYPES = {int: "Integer64", float: "Real", str: "String", bool: "Integer"}
+
+
+def write_polygons(
+    path: Path | str,
+    geometries: Sequence[BaseGeometry],
+    attributes: Sequence[dict[str, Any]],
+    crs_wkt: Optional[str],
+    fields: Optional[dict[str, type]] = None,
+    layer_name: Optional[str] = None,
+    driver: Optional[str] = None,
+    extra_layers: Iterable[tuple[str, Sequence[BaseGeometry], Sequence[dict[str, Any]]]] = (),
+) -> Path:
+    """Write polygons (plus optional extra layers) atomically; overwrite an existing file.
+
+    fields maps attribute name to python type (int, float, str, bool); inferred when omitted.
+    """
+    ogr, _ = _ogr()
+    path = Path(path)
+    driver = driver or DRIVERS_BY_SUFFIX.get(path.suffix.lower(), "GPKG")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise OutputError(f"Output folder does not exist: {folder}. Create it or pick another path.")
+    if not os.access(folder, os.W_OK):
+        raise OutputError(f"Output folder is not writable: {folder}. Pick a folder you can write to.")
+    layers = [(layer_name or path.stem, geometries, attributes)] + list(extra_layers)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.stem}.", suffix=".tmp", dir=folder))
+    try:
+        tmp_path = tmp_dir / path.name
+        ogr_driver = ogr.GetDriverByName(driver)
+        if ogr_driver is None:
+            raise OutputError(f"GDAL has no vector driver '{driver}'. Use .gpkg, .geojson, .shp or .fgb.")
+        dataset = ogr_driver.CreateDataSource(str(tmp_path))
+        srs = _srs_from_wkt(crs_wkt)
+        for name, geoms, attrs in layers:
+            _write_layer(dataset, name, geoms, attrs, srs, fields)
+        dataset.FlushCache()
+        dataset = None
+        written = sorted(tmp_dir.iterdir())
+        if not written:
+            raise OutputError(f"GDAL wrote nothing for {path}.")
+        for item in written:
+            target = folder / item.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(item, target)
+    except OSError as exc:
+        raise OutputError(f"Could not write {path}: {exc}. Check free disk space and permissions.") from None
+    except RuntimeError as exc:
+        raise OutputError(f"Could not write {path}: {exc}.") from None
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return path
+
+
+def _write_layer(dataset, name, geometries, attributes, srs, fields) -> None:
+    ogr, _ = _ogr()
+    layer = dataset.CreateLayer(name, srs=srs, geom_type=ogr.wkbMultiPolygon)
+    if fields is None:
+        fields = {}
+        for attrs in attributes[:1]:
+            fields = {key: type(value) if type(value) in _FIELD_TYPES else str for key, value in attrs.items()}
+    for key, py_type in fields.items():
+        ogr_type = {int: ogr.OFTInteger64, float: ogr.OFTReal, str: ogr.OFTString, bool: ogr.OFTInteger}[py_type]
+        field_defn = ogr.FieldDefn(key, ogr_type)
+        if py_type is bool:
+            field_defn.SetSubType(ogr.OFSTBoolean)
+        layer.CreateField(field_defn)
+    layer.StartTransaction()
+    defn = layer.GetLayerDefn()
+    for geom, attrs in zip(geometries, attributes):
+        feature = ogr.Feature(defn)
+        for key in fields:
+            value = attrs.get(key)
+            if value is not None:
+                feature.SetField(key, int(value) if isinstance(value, bool) else value)
+        multi = geom if geom.geom_type == "MultiPolygon" else shapely.MultiPolygon([geom]) if geom.geom_type == "Polygon" else geom
+        feature.SetGeometry(ogr.CreateGeometryFromWkb(shapely.to_wkb(multi)))
+        layer.CreateFeature(feature)
+    layer.CommitTransaction()

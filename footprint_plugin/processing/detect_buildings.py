@@ -1,0 +1,295 @@
+"""footprint:detectbuildings: one raster in, building polygons and a probability raster out."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from qgis.core import (
+    QgsCoordinateTransform,
+    QgsGeometry,
+    QgsProcessing,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingOutputNumber,
+    QgsProcessingOutputString,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterExtent,
+    QgsProcessingParameterFeatureSink,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+    QgsRasterLayer,
+    QgsRectangle,
+    QgsWkbTypes,
+)
+
+from .base import GROUP_DETECT, FeedbackAdapter, FootprintAlgorithm, add_polygon_features, building_fields, crs_from_wkt
+
+DEVICES = ["auto", "cpu", "cuda"]
+TTA_CHOICES = ["card", "none", "lr", "d4"]
+
+
+def model_names() -> list[str]:
+    """Names of every bundled and user model, read from the cards (no torch needed)."""
+    from ..core.modelcard import list_models
+
+    return [card.name for card in list_models()]
+
+
+def default_model() -> str | None:
+    from ..core.modelcard import default_model_name
+
+    names = model_names()
+    preferred = default_model_name()
+    return preferred if preferred in names else (names[0] if names else None)
+
+
+def raster_file(layer: QgsRasterLayer | None, parameter: str) -> Path:
+    """The file behind a raster layer; the engine reads files, not web services."""
+    if layer is None:
+        raise QgsProcessingException(f"{parameter}: no raster layer given. Pick a raster layer or a GeoTIFF file.")
+    if layer.providerType() != "gdal":
+        raise QgsProcessingException(
+            f"{parameter}: layer '{layer.name()}' comes from the '{layer.providerType()}' provider. "
+            "Save it as a GeoTIFF first (right-click > Export > Save As…) and run on that file."
+        )
+    path = Path(layer.source().split("|")[0])
+    if not path.exists():
+        raise QgsProcessingException(f"{parameter}: file {path} does not exist. Check the layer's source.")
+    return path
+
+
+def resolve_card(model_name: str | None):
+    """The model card for a name (or the default model), with a how-to-fix error when there is none."""
+    from ..core.modelcard import find_model
+
+    name = model_name or default_model()
+    if not name:
+        raise QgsProcessingException(
+            "No model is installed. Import one with Plugins > Building Footprints > Model manager…, "
+            "or train one with footprint:trainmodel."
+        )
+    return find_model(name)
+
+
+def crop_window(
+    raster: Path,
+    layer: QgsRasterLayer,
+    extent: QgsRectangle | None,
+    mask_geometry: QgsGeometry | None,
+    scratch: Path,
+) -> Path:
+    """A VRT of the part of the raster inside extent and mask bounds (both in the raster's CRS)."""
+    from osgeo import gdal
+
+    area = QgsRectangle(layer.extent())
+    for limit in (extent, mask_geometry.boundingBox() if mask_geometry is not None else None):
+        if limit is not None and not limit.isNull():
+            area = area.intersect(limit)
+    if area.isEmpty():
+        raise QgsProcessingException(
+            "The extent/mask does not overlap the raster. Pick an extent or mask inside the raster's footprint."
+        )
+    out = scratch / f"{raster.stem}.vrt"
+    gdal.UseExceptions()
+    gdal.Translate(
+        str(out), str(raster), format="VRT", projWin=[area.xMinimum(), area.yMaximum(), area.xMaximum(), area.yMinimum()]
+    )
+    return out
+
+
+class DetectBuildingsAlgorithm(FootprintAlgorithm):
+    INPUT = "INPUT"
+    MODEL = "MODEL"
+    DEVICE = "DEVICE"
+    THRESHOLD = "THRESHOLD"
+    MIN_AREA = "MIN_AREA"
+    REGULARIZE = "REGULARIZE"
+    TTA = "TTA"
+    EXTENT = "EXTENT"
+    MASK = "MASK"
+    OUTPUT = "OUTPUT"
+    PROBABILITY = "PROBABILITY"
+
+    NAME = "detectbuildings"
+    DISPLAY_NAME = "Detect buildings"
+    GROUP = GROUP_DETECT
+    HELP = (
+        "Finds building footprints in an optical (EO) or radar (SAR) raster with a deep-learning segmentation model.\n\n"
+        "<b>Input raster</b>: a GeoTIFF (or any GDAL file) whose bands match the model card; the raster is rescaled "
+        "as the card says.\n<b>Model</b>: a bundled or user model (see Model manager).\n"
+        "<b>Device</b>: auto uses a CUDA GPU when one is available, otherwise the CPU.\n"
+        "<b>Threshold</b> and <b>TTA</b>: empty or 'card' use the model card's defaults.\n"
+        "<b>Minimum area</b>: smaller polygons (m²) are dropped. <b>Regularize</b> squares the outlines.\n"
+        "<b>Extent</b>/<b>Mask</b>: optional, limit where to look; with a mask, only buildings touching it are kept.\n\n"
+        "Outputs: building polygons (score, area_m2, perimeter_m, compactness, regularized, source, model) "
+        "and a probability raster (0..1)."
+    )
+
+    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
+        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Input raster")))
+        names = model_names()
+        self.addParameter(
+            QgsProcessingParameterEnum(
+                self.MODEL,
+                self.tr("Model"),
+                options=names,
+                defaultValue=default_model(),
+                optional=True,
+                usesStaticStrings=True,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterEnum(
+                self.DEVICE, self.tr("Device"), options=DEVICES, defaultValue="auto", usesStaticStrings=True
+            )
+        )
+        threshold = QgsProcessingParameterNumber(
+            self.THRESHOLD,
+            self.tr("Probability threshold (empty: model card default)"),
+            QgsProcessingParameterNumber.Type.Double,
+            optional=True,
+            minValue=0.0,
+            maxValue=1.0,
+        )
+        self.addParameter(threshold)
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.MIN_AREA,
+                self.tr("Minimum building area (m²)"),
+                QgsProcessingParameterNumber.Type.Double,
+                defaultValue=4.0,
+                minValue=0.0,
+            )
+        )
+        self.addParameter(QgsProcessingParameterBoolean(self.REGULARIZE, self.tr("Regularize outlines"), False))
+        self.addParameter(
+            QgsProcessingParameterEnum(
+                self.TTA,
+                self.tr("Test-time augmentation (card: model card default)"),
+                options=TTA_CHOICES,
+                defaultValue="card",
+                usesStaticStrings=True,
+            )
+        )
+        self.addParameter(QgsProcessingParameterExtent(self.EXTENT, self.tr("Limit to extent"), optional=True))
+        self.addParameter(
+            QgsProcessingParameterFeatureSource(
+                self.MASK, self.tr("Limit to mask polygons"), [QgsProcessing.SourceType.TypeVectorPolygon], optional=True
+            )
+        )
+        self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, self.tr("Buildings"), QgsProcessing.SourceType.TypeVectorPolygon))
+        self.addParameter(
+            QgsProcessingParameterRasterDestination(self.PROBABILITY, self.tr("Building probability"), optional=True)
+        )
+        for name, label in (("N_BUILDINGS", "Buildings found"), ("SECONDS", "Seconds"), ("MP_PER_S", "Megapixels per second")):
+            self.addOutput(QgsProcessingOutputNumber(name, self.tr(label)))
+        for name, label in (("DEVICE_USED", "Device used"), ("MODEL_USED", "Model used")):
+            self.addOutput(QgsProcessingOutputString(name, self.tr(label)))
+
+    def run(
+        self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> dict[str, Any]:
+        from ..core.inference import InferenceOptions
+        from ..core.pipeline import detect_buildings
+        from ..core.polygons import PolygonOptions
+
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        raster = raster_file(layer, self.INPUT)
+        card = resolve_card(self.parameterAsEnumString(parameters, self.MODEL, context))
+        threshold_given = parameters.get(self.THRESHOLD) not in (None, "")
+        threshold = self.parameterAsDouble(parameters, self.THRESHOLD, context) if threshold_given else card.threshold
+        tta = self.parameterAsEnumString(parameters, self.TTA, context) or "card"
+        inference_options = InferenceOptions(
+            device=self.parameterAsEnumString(parameters, self.DEVICE, context) or "auto",
+            tta=card.tta if tta == "card" else tta,
+        )
+        polygon_options = PolygonOptions(
+            threshold=threshold,
+            min_area_m2=self.parameterAsDouble(parameters, self.MIN_AREA, context),
+            regularize=self.parameterAsBool(parameters, self.REGULARIZE, context),
+        )
+        probability = self.parameterAsOutputLayer(parameters, self.PROBABILITY, context) or None
+        if probability and Path(probability).suffix.lower() not in (".tif", ".tiff"):
+            raise QgsProcessingException(f"The probability raster must be a GeoTIFF (.tif), not {probability}.")
+
+        extent = None
+        if parameters.get(self.EXTENT) not in (None, ""):
+            extent = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
+        mask_geometry = self._mask_geometry(parameters, context, layer, feedback)
+        adapter = FeedbackAdapter(feedback, 0.0, 0.97)
+        feedback.pushInfo(f"Model: {card.display_name} ({card.architecture}, {card.sensor}, {card.gsd_m} m)")
+        with tempfile.TemporaryDirectory(prefix="footprint_detect_") as scratch:
+            source = raster
+            if extent is not None or mask_geometry is not None:
+                source = crop_window(raster, layer, extent, mask_geometry, Path(scratch))
+            result = detect_buildings(
+                source,
+                None,
+                card,
+                probability_path=probability,
+                inference_options=inference_options,
+                polygon_options=polygon_options,
+                progress=adapter.progress,
+                is_canceled=adapter.is_canceled,
+            )
+        for warning in result.warnings:
+            feedback.pushWarning(warning)
+
+        geometries, attributes = result.geometries, result.attributes
+        if mask_geometry is not None:
+            geometries, attributes = self._inside_mask(geometries, attributes, mask_geometry)
+        # The sink is created only now, so a failed or canceled run leaves no empty output file.
+        fields = building_fields()
+        sink, dest_id = self.parameterAsSink(
+            parameters, self.OUTPUT, context, fields, QgsWkbTypes.Type.MultiPolygon, crs_from_wkt(result.crs_wkt) if result.crs_wkt else layer.crs()
+        )
+        if sink is None:
+            raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
+        attributes = [{**attrs, "source": raster.name} for attrs in attributes]
+        written = add_polygon_features(sink, fields, geometries, attributes, feedback)
+        sink.flushBuffer()
+        feedback.setProgress(100.0)
+        for line in result.summary_lines():
+            feedback.pushInfo(line)
+        return {
+            self.OUTPUT: dest_id,
+            self.PROBABILITY: str(result.probability_path) if result.probability_path else None,
+            "N_BUILDINGS": written,
+            "SECONDS": result.seconds,
+            "MP_PER_S": result.mp_per_s,
+            "DEVICE_USED": f"{result.device_name} ({result.device})" + (f": {result.device_note}" if result.device_note else ""),
+            "MODEL_USED": result.model,
+        }
+
+    def _mask_geometry(self, parameters, context, layer, feedback) -> QgsGeometry | None:
+        source = self.parameterAsSource(parameters, self.MASK, context)
+        if source is None:
+            return None
+        transform = QgsCoordinateTransform(source.sourceCrs(), layer.crs(), context.transformContext())
+        parts = []
+        for feature in source.getFeatures():
+            geometry = QgsGeometry(feature.geometry())
+            if geometry.isEmpty():
+                continue
+            geometry.transform(transform)
+            parts.append(geometry)
+        if not parts:
+            feedback.pushWarning("The mask layer has no polygons; running on the whole raster.")
+            return None
+        return QgsGeometry.unaryUnion(parts)
+
+    @staticmethod
+    def _inside_mask(geometries: list, attributes: list, mask: QgsGeometry) -> tuple[list, list]:
+        from .base import from_qgs_geometry
+
+        mask_shape = from_qgs_geometry(mask)
+        kept = [(g, a) for g, a in zip(geometries, attributes) if g.intersects(mask_shape)]
+        return [g for g, _ in kept], [a for _, a in kept]
+
+

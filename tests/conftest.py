@@ -1,0 +1,84 @@
+"""Shared fixtures: real data from ../shared (skipped when absent) and small GeoTIFFs built on the fly."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("FOOTPRINT_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+# Keep tests on 2-core machines predictable and never pick up a user's model folder.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_user_models(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("FOOTPRINT_USER_MODELS", str(tmp_path_factory.mktemp("user_models")))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data with real imagery and labels; tests using it skip where it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA} (clone the project with ../shared beside it)")
+    return SHARED_DATA
+
+
+def write_geotiff(
+    path: Path,
+    array: np.ndarray,
+    crs: str | None = "EPSG:32631",
+    transform=None,
+    nodata=None,
+    tiled: bool = False,
+) -> Path:
+    """Write a (bands, rows, cols) array as a GeoTIFF; 0.5 m pixels in UTM by default."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    if array.ndim == 2:
+        array = array[np.newaxis]
+    profile = {
+        "driver": "GTiff",
+        "height": array.shape[1],
+        "width": array.shape[2],
+        "count": array.shape[0],
+        "dtype": array.dtype.name,
+        "transform": transform or from_origin(600000.0, 5750000.0, 0.5, 0.5),
+    }
+    if crs is not None:
+        profile["crs"] = crs
+    if nodata is not None:
+        profile["nodata"] = nodata
+    if tiled:
+        profile.update(tiled=True, blockxsize=256, blockysize=256)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(array)
+    return path
+
+
+@pytest.fixture
+def make_geotiff(tmp_path):
+    """Factory: make_geotiff(array, name='x.tif', **kwargs) -> path."""
+
+    def factory(array: np.ndarray, name: str = "raster.tif", **kwargs) -> Path:
+        return write_geotiff(tmp_path / name, array, **kwargs)
+
+    return factory
+
+
+def synthetic_buildings(size: int = 512, seed: int = 0, bands: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """A uint8 image with bright rectangular 'roofs' on textured ground, and its 0/1 mask."""
+    rng = np.random.default_rng(seed)
+    image = rng.normal(90, 12, (bands, size, size)).clip(0, 255)
+    mask = np.zeros((size, size), np.uint8)
+    for _ in range(size * size // 4000):
+        h, w = rng.integers(10, 40, 2)
+        r, c = rng.integers(0, size - h), rng.integers(0, size - w)
+        mask[r : r + h, c : c + w] = 1
+        image[:, r : r + h, c : c + w] = rng.integers(170, 230)
+    return image.astype(np.uint8), mask
