@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: N812 (the torch convention)
 from torch import nn
 
 from .errors import ModelError
@@ -30,7 +30,9 @@ def conv_bn_act(
     """Conv (no bias) + BatchNorm + optional activation."""
     padding = dilation * (kernel_size - 1) // 2
     layers: list[nn.Module] = [
-        nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation=dilation, groups=groups, bias=False),
+        nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride, padding, dilation=dilation, groups=groups, bias=False
+        ),
         nn.BatchNorm2d(out_channels),
     ]
     if activation is not None:
@@ -47,6 +49,13 @@ def _init_weights(model: nn.Module) -> None:
         elif isinstance(module, nn.BatchNorm2d):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
+    # Zero-init the last BN of each residual branch: every block starts as the identity, which
+    # keeps activations bounded in a fresh deep ResNet and helps training from scratch.
+    for module in model.modules():
+        if isinstance(module, BasicBlock):
+            nn.init.zeros_(module.bn2.weight)
+        elif isinstance(module, Bottleneck):
+            nn.init.zeros_(module.bn3.weight)
 
 
 def _upsample_to(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -206,7 +215,15 @@ class InvertedResidual(nn.Module):
 
 
 # (expansion t, channels c, repeats n, stride s) of MobileNetV2.
-MOBILENETV2_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+MOBILENETV2_SETTINGS = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
 
 
 class MobileNetV2Encoder(nn.Module):
@@ -445,3 +462,54 @@ def create_model(name: str, in_channels: int, out_channels: int) -> nn.Module:
             "Fix the model card."
         )
     return ARCHITECTURES[name](in_channels, out_channels)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference-time optimisation
+
+
+def _fold_bn_into_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    fused = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        bias=True,
+        padding_mode=conv.padding_mode,
+    ).to(conv.weight.device)
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+    return fused
+
+
+_CONV_BN_ATTRIBUTE_PAIRS = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
+
+
+@torch.no_grad()
+def fuse_conv_bn(model: nn.Module) -> nn.Module:
+    """Fold every eval-mode BatchNorm that directly follows a Conv2d into that conv, in place.
+
+    Saves the separate BatchNorm pass (about 15 % of CPU time for the efficient U-Net) and lets
+    channels_last run end to end. Only for inference: the result has no BatchNorm to train.
+    """
+    for module in list(model.modules()):
+        if module.training:
+            raise ModelError("fuse_conv_bn() needs a model in eval mode; call model.eval() first.")
+        if isinstance(module, nn.Sequential):
+            names = list(module._modules)
+            for first, second in zip(names, names[1:]):
+                conv, bn = module._modules[first], module._modules[second]
+                if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                    module._modules[first] = _fold_bn_into_conv(conv, bn)
+                    module._modules[second] = nn.Identity()
+        for conv_name, bn_name in _CONV_BN_ATTRIBUTE_PAIRS:
+            conv, bn = getattr(module, conv_name, None), getattr(module, bn_name, None)
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                setattr(module, conv_name, _fold_bn_into_conv(conv, bn))
+                setattr(module, bn_name, nn.Identity())
+    return model

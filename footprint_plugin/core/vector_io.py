@@ -189,12 +189,15 @@ def _write_layer(dataset, name, geometries, attributes, srs, fields) -> None:
         fields = {}
         for attrs in attributes[:1]:
             fields = {key: type(value) if type(value) in _FIELD_TYPES else str for key, value in attrs.items()}
+    field_index: dict[str, int] = {}
     for key, py_type in fields.items():
         ogr_type = {int: ogr.OFTInteger64, float: ogr.OFTReal, str: ogr.OFTString, bool: ogr.OFTInteger}[py_type]
         field_defn = ogr.FieldDefn(key, ogr_type)
         if py_type is bool:
             field_defn.SetSubType(ogr.OFSTBoolean)
         layer.CreateField(field_defn)
+        # Drivers may launder names (Shapefile: 10 characters), so set values by position.
+        field_index[key] = layer.GetLayerDefn().GetFieldCount() - 1
     layer.StartTransaction()
     defn = layer.GetLayerDefn()
     for geom, attrs in zip(geometries, attributes):
@@ -202,7 +205,7 @@ def _write_layer(dataset, name, geometries, attributes, srs, fields) -> None:
         for key in fields:
             value = attrs.get(key)
             if value is not None:
-                feature.SetField(key, int(value) if isinstance(value, bool) else value)
+                feature.SetField(field_index[key], int(value) if isinstance(value, bool) else value)
         multi = geom if geom.geom_type == "MultiPolygon" else shapely.MultiPolygon([geom]) if geom.geom_type == "Polygon" else geom
         feature.SetGeometry(ogr.CreateGeometryFromWkb(shapely.to_wkb(multi)))
         layer.CreateFeature(feature)

@@ -45,7 +45,12 @@ def _field_type(kind: str):
         }[kind]
     from qgis.PyQt.QtCore import QVariant
 
-    return {"int": QVariant.Int, "float": QVariant.Double, "str": QVariant.String, "bool": QVariant.Bool}[kind]
+    return {
+        "int": QVariant.Type.Int,
+        "float": QVariant.Type.Double,
+        "str": QVariant.Type.String,
+        "bool": QVariant.Type.Bool,
+    }[kind]
 
 
 BUILDING_FIELDS = (
@@ -142,7 +147,7 @@ class FeedbackAdapter:
 
 
 class FootprintAlgorithm(QgsProcessingAlgorithm):
-    """Base class: subclasses set NAME/DISPLAY_NAME/GROUP/HELP and implement `initAlgorithm` and `run`."""
+    """Base class: subclasses set NAME/DISPLAY_NAME/GROUP/HELP and implement `initAlgorithm` and `perform`."""
 
     NAME = ""
     DISPLAY_NAME = ""
@@ -191,13 +196,13 @@ class FootprintAlgorithm(QgsProcessingAlgorithm):
         from ..core.errors import CanceledError, FootprintError
 
         try:
-            return self.run(parameters, context, feedback)
+            return self.perform(parameters, context, feedback)
         except CanceledError as exc:
             raise QgsProcessingException(str(exc)) from None
         except FootprintError as exc:
             raise QgsProcessingException(str(exc)) from None
 
-    def run(
+    def perform(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
         raise NotImplementedError

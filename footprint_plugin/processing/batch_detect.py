@@ -26,7 +26,7 @@ from qgis.core import (
 )
 
 from .base import GROUP_DETECT, FeedbackAdapter, FootprintAlgorithm, add_polygon_features, building_fields, crs_from_wkt
-from .detect_buildings import DEVICES, TTA_CHOICES, default_model, model_names, resolve_card
+from .detect_buildings import DEVICES, default_model, model_names, resolve_card
 
 
 class BatchDetectAlgorithm(FootprintAlgorithm):
@@ -83,14 +83,13 @@ class BatchDetectAlgorithm(FootprintAlgorithm):
         self.addParameter(
             QgsProcessingParameterNumber(
                 self.MIN_AREA, self.tr("Minimum building area (m²)"), QgsProcessingParameterNumber.Type.Double,
-                defaultValue=4.0, minValue=0.0,
+                defaultValue=20.0, minValue=0.0,
             )
         )
         self.addParameter(QgsProcessingParameterBoolean(self.REGULARIZE, self.tr("Regularize outlines"), False))
         self.addParameter(
-            QgsProcessingParameterEnum(
-                self.TTA, self.tr("Test-time augmentation (card: model card default)"), options=TTA_CHOICES,
-                defaultValue="card", usesStaticStrings=True,
+            QgsProcessingParameterBoolean(
+                self.TTA, self.tr("Test-time augmentation (the model card's policy, e.g. d4: 8 passes)"), False
             )
         )
         self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, self.tr("Buildings"), QgsProcessing.SourceType.TypeVectorPolygon))
@@ -120,7 +119,7 @@ class BatchDetectAlgorithm(FootprintAlgorithm):
             )
         return list(dict.fromkeys(tiles))
 
-    def run(
+    def perform(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
         from ..core.errors import CanceledError, FootprintError
@@ -131,10 +130,9 @@ class BatchDetectAlgorithm(FootprintAlgorithm):
         tiles = self._tiles(parameters, context)
         card = resolve_card(self.parameterAsEnumString(parameters, self.MODEL, context))
         threshold_given = parameters.get(self.THRESHOLD) not in (None, "")
-        tta = self.parameterAsEnumString(parameters, self.TTA, context) or "card"
         inference_options = InferenceOptions(
             device=self.parameterAsEnumString(parameters, self.DEVICE, context) or "auto",
-            tta=card.tta if tta == "card" else tta,
+            tta=self.parameterAsBool(parameters, self.TTA, context),
         )
         polygon_options = PolygonOptions(
             threshold=self.parameterAsDouble(parameters, self.THRESHOLD, context) if threshold_given else card.threshold,

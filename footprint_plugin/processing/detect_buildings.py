@@ -31,7 +31,6 @@ from qgis.core import (
 from .base import GROUP_DETECT, FeedbackAdapter, FootprintAlgorithm, add_polygon_features, building_fields, crs_from_wkt
 
 DEVICES = ["auto", "cpu", "cuda"]
-TTA_CHOICES = ["card", "none", "lr", "d4"]
 
 
 def model_names() -> list[str]:
@@ -124,7 +123,7 @@ class DetectBuildingsAlgorithm(FootprintAlgorithm):
         "<b>Input raster</b>: a GeoTIFF (or any GDAL file) whose bands match the model card; the raster is rescaled "
         "as the card says.\n<b>Model</b>: a bundled or user model (see Model manager).\n"
         "<b>Device</b>: auto uses a CUDA GPU when one is available, otherwise the CPU.\n"
-        "<b>Threshold</b> and <b>TTA</b>: empty or 'card' use the model card's defaults.\n"
+        "<b>Threshold</b>: empty uses the model card's default. <b>TTA</b> averages flipped/rotated passes as the card says.\n"
         "<b>Minimum area</b>: smaller polygons (m²) are dropped. <b>Regularize</b> squares the outlines.\n"
         "<b>Extent</b>/<b>Mask</b>: optional, limit where to look; with a mask, only buildings touching it are kept.\n\n"
         "Outputs: building polygons (score, area_m2, perimeter_m, compactness, regularized, source, model) "
@@ -163,18 +162,14 @@ class DetectBuildingsAlgorithm(FootprintAlgorithm):
                 self.MIN_AREA,
                 self.tr("Minimum building area (m²)"),
                 QgsProcessingParameterNumber.Type.Double,
-                defaultValue=4.0,
+                defaultValue=20.0,
                 minValue=0.0,
             )
         )
         self.addParameter(QgsProcessingParameterBoolean(self.REGULARIZE, self.tr("Regularize outlines"), False))
         self.addParameter(
-            QgsProcessingParameterEnum(
-                self.TTA,
-                self.tr("Test-time augmentation (card: model card default)"),
-                options=TTA_CHOICES,
-                defaultValue="card",
-                usesStaticStrings=True,
+            QgsProcessingParameterBoolean(
+                self.TTA, self.tr("Test-time augmentation (the model card's policy, e.g. d4: 8 passes)"), False
             )
         )
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, self.tr("Limit to extent"), optional=True))
@@ -192,7 +187,7 @@ class DetectBuildingsAlgorithm(FootprintAlgorithm):
         for name, label in (("DEVICE_USED", "Device used"), ("MODEL_USED", "Model used")):
             self.addOutput(QgsProcessingOutputString(name, self.tr(label)))
 
-    def run(
+    def perform(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
         from ..core.inference import InferenceOptions
@@ -204,10 +199,9 @@ class DetectBuildingsAlgorithm(FootprintAlgorithm):
         card = resolve_card(self.parameterAsEnumString(parameters, self.MODEL, context))
         threshold_given = parameters.get(self.THRESHOLD) not in (None, "")
         threshold = self.parameterAsDouble(parameters, self.THRESHOLD, context) if threshold_given else card.threshold
-        tta = self.parameterAsEnumString(parameters, self.TTA, context) or "card"
         inference_options = InferenceOptions(
             device=self.parameterAsEnumString(parameters, self.DEVICE, context) or "auto",
-            tta=card.tta if tta == "card" else tta,
+            tta=self.parameterAsBool(parameters, self.TTA, context),
         )
         polygon_options = PolygonOptions(
             threshold=threshold,

@@ -1,0 +1,588 @@
+"""Tiled, blended, streamed inference: a raster of any size in, a probability GeoTIFF out.
+
+How it works:
+- The raster is processed in rows of overlapping square tiles. Each tile row is read as one
+  full-width strip (a single windowed read, so each source block is decoded about once).
+- Every tile is scaled with statistics computed once for the raster (no per-tile seams), run
+  through the network (optionally with TTA and a 180-degree look-direction flip), and added to a
+  strip accumulator with a separable weight window that fades out over the overlap, so tile
+  borders (where the network lacks context) contribute almost nothing.
+- Rows that no later tile touches are normalised and streamed to the output; memory is bounded
+  by tile size x raster width, never by raster height.
+- When the raster's GSD is far from the model's, tiles are read resampled to the model GSD (a
+  "model grid") and the probabilities are interpolated back onto the input grid while streaming.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+import warnings as warnings_module
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import raster_io
+from .callbacks import CancelCallback, ProgressCallback, check_canceled
+from .device import DeviceChoice, cpu_supports_bf16, is_out_of_memory, select_device
+from .errors import InputError, OutputError
+from .modelcard import ModelCard
+from .models import fuse_conv_bn
+from .scaling import ScalingStats, apply_scaling, compute_scaling_stats, resolve_bands
+
+# Resample when the raster's GSD differs from the model's by more than this factor.
+GSD_TOLERANCE = 1.25
+# Weight of tile-border pixels: tiny but non-zero, so raster-border pixels (covered by one tile) stay defined.
+WEIGHT_FLOOR = 1e-3
+# bf16 is accepted on CPU when its masks disagree with fp32 on at most this fraction of pixels.
+BF16_MAX_MASK_DISAGREEMENT = 0.002
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class InferenceOptions:
+    device: str = "auto"  # auto|cpu|cuda|cuda:N|mps
+    tta: bool = False  # apply card.tta policy (EO d4, SAR lr)
+    tile_size: Optional[int] = None  # default card.tile_size
+    overlap: Optional[int] = None  # default card.overlap
+    batch_size: Optional[int] = None
+    precision: str = "auto"  # auto|fp32|bf16|fp16
+    output_dtype: str = "uint8"  # uint8|float32
+    look_direction_flip: bool = False  # SAR strips imaged from the other side: rotate tiles 180 degrees
+    num_threads: Optional[int] = None
+    resample_to_model_gsd: bool = True  # False: run at the raster's own GSD whatever it is
+
+
+@dataclass
+class InferenceResult:
+    probability_path: Path
+    heads: list[str]
+    device: str
+    device_name: str
+    device_note: str
+    precision: str
+    width: int
+    height: int
+    megapixels: float
+    seconds: float
+    resampled: bool
+    warnings: list[str]
+    crs_wkt: Optional[str]
+    gsd_m: float
+    tiles: int = 0
+    tiles_skipped: int = 0
+    batch_size: int = 0
+    stats: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiling and blending
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of size `tile` covering [0, length); the last tile ends at `length`."""
+    if length <= tile:
+        return [0]
+    stride = max(1, tile - overlap)
+    starts = list(range(0, length - tile, stride))
+    starts.append(length - tile)
+    return sorted(set(starts))
+
+
+def blend_ramp(tile: int, overlap: int) -> np.ndarray:
+    """1-D weights for one tile: ~0 within overlap/4 of its edge, rising to 1 at 3*overlap/4."""
+    if overlap <= 0:
+        return np.ones(tile, np.float32)
+    distance = np.minimum(np.arange(tile), np.arange(tile)[::-1]).astype(np.float32)
+    ramp = (distance + 0.5 - overlap / 4.0) / (overlap / 2.0)
+    return np.clip(ramp, WEIGHT_FLOOR, 1.0).astype(np.float32)
+
+
+def weight_sums(length: int, starts: list[int], ramp: np.ndarray) -> np.ndarray:
+    """Sum of all tiles' 1-D weights at each position (the blend's normaliser along one axis)."""
+    total = np.zeros(length, np.float64)
+    for start in starts:
+        n = min(len(ramp), length - start)
+        total[start : start + n] += ramp[:n]
+    return total.astype(np.float32)
+
+
+def _pad_tile(tile: np.ndarray, height: int, width: int) -> np.ndarray:
+    pad_h, pad_w = height - tile.shape[-2], width - tile.shape[-1]
+    if pad_h == 0 and pad_w == 0:
+        return tile
+    mode = "reflect" if min(tile.shape[-2:]) > 1 else "edge"
+    return np.pad(tile, ((0, 0), (0, pad_h), (0, pad_w)), mode=mode)
+
+
+def _round_up(value: int, multiple: int = 32) -> int:
+    return int(math.ceil(value / multiple) * multiple)
+
+
+# ---------------------------------------------------------------------------------------------
+# The network runner: precision, TTA, look-direction flip, OOM handling
+
+
+def _tta_transforms(policy: str, square: bool) -> list[tuple[Callable, Callable]]:
+    identity = (lambda x: x, lambda y: y)
+    if policy == "lr":
+        return [identity, (lambda x: x.flip(-1), lambda y: y.flip(-1))]
+    if policy == "d4":
+        transforms = []
+        for k in (0, 1, 2, 3) if square else (0, 2):
+            for flip in (False, True):
+
+                def forward(x, k=k, flip=flip):
+                    return torch.rot90(x.flip(-1) if flip else x, k, (-2, -1))
+
+                def inverse(y, k=k, flip=flip):
+                    y = torch.rot90(y, -k, (-2, -1))
+                    return y.flip(-1) if flip else y
+
+                transforms.append((forward, inverse))
+        return transforms
+    return [identity]
+
+
+class TileRunner:
+    """Runs batches of scaled tiles through the network and returns sigmoid probabilities."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        choice: DeviceChoice,
+        precision: str,
+        tta_policy: str,
+        look_direction_flip: bool,
+        square_tiles: bool,
+    ) -> None:
+        self.model = model
+        self.choice = choice
+        self.precision = precision
+        self.transforms = _tta_transforms(tta_policy, square_tiles)
+        self.look_direction_flip = look_direction_flip
+        self.notes: list[str] = []
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.choice.device)
+
+    def _autocast(self, precision: str):
+        if precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def run(self, batch: np.ndarray, precision: Optional[str] = None) -> np.ndarray:
+        """(B, C, h, w) float32 -> (B, heads, h, w) float32 probabilities."""
+        precision = precision or self.precision
+        with torch.inference_mode():
+            x = torch.from_numpy(batch).to(self.device, non_blocking=True)
+            if self.device.type != "mps":
+                x = x.contiguous(memory_format=torch.channels_last)
+            if self.look_direction_flip:
+                x = torch.rot90(x, 2, (-2, -1))
+            total = None
+            with self._autocast(precision):
+                for forward, inverse in self.transforms:
+                    prob = torch.sigmoid(inverse(self.model(forward(x))).float())
+                    total = prob if total is None else total + prob
+            assert total is not None
+            total = total / len(self.transforms)
+            if self.look_direction_flip:
+                total = torch.rot90(total, 2, (-2, -1))
+            return total.contiguous().cpu().numpy()
+
+    def move_to_cpu(self, reason: str) -> None:
+        self.model = self.model.to("cpu")
+        previous = self.choice
+        self.choice = DeviceChoice("cpu", "CPU", f"{previous.name}: {reason}; continued on the CPU.")
+        self.precision = "bf16" if cpu_supports_bf16() and self.precision != "fp32" else "fp32"
+        self.notes.append(self.choice.note)
+
+
+def _resolve_precision(request: str, choice: DeviceChoice) -> tuple[str, bool, list[str]]:
+    """(precision, needs the bf16-vs-fp32 mask check, notes)."""
+    request = (request or "auto").lower()
+    notes: list[str] = []
+    if request not in PRECISIONS:
+        notes.append(f"Unknown precision '{request}' (use auto, fp32, bf16 or fp16); using auto.")
+        request = "auto"
+    kind = choice.kind
+    if kind == "cuda":
+        if request == "auto":
+            return ("bf16" if torch.cuda.is_bf16_supported() else "fp16"), False, notes
+        if request == "bf16" and not torch.cuda.is_bf16_supported():
+            notes.append("This GPU has no bf16 support; using fp16.")
+            return "fp16", False, notes
+        return request, False, notes
+    if kind == "mps":
+        return ("fp32" if request == "auto" else request), False, notes
+    # CPU
+    if request == "auto":
+        return ("bf16", True, notes) if cpu_supports_bf16() else ("fp32", False, notes)
+    if request == "bf16" and not cpu_supports_bf16():
+        notes.append("This CPU has no native bf16 (AVX512_BF16 or AMX); using fp32, which is faster here.")
+        return "fp32", False, notes
+    if request == "fp16":
+        notes.append("fp16 is not supported for CPU inference; using fp32.")
+        return "fp32", False, notes
+    return request, False, notes
+
+
+def _default_batch_size(choice: DeviceChoice, tile_h: int, tile_w: int, tta_count: int) -> int:
+    pixels = tile_h * tile_w
+    if choice.kind == "cuda":
+        free, _total = torch.cuda.mem_get_info(torch.device(choice.device))
+        # ~1 KB of activations per pixel covers the largest model here at bf16, with headroom.
+        return int(max(1, min(64, (free * 0.6) // (pixels * 1024))))
+    if choice.kind == "mps":
+        return 4
+    # On CPU larger batches gain nothing and cost memory; two 512 px tiles keep both cores busy.
+    return max(1, min(4, (2 * 512 * 512) // max(pixels, 1)))
+
+
+def prepare_model(model: nn.Module, choice: DeviceChoice) -> nn.Module:
+    """An eval-mode copy with BatchNorm folded into convolutions, channels_last, on the device.
+
+    The caller's model is left untouched (training passes its live model for validation).
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        prepared = fuse_conv_bn(copy.deepcopy(model))
+    finally:
+        model.train(was_training)
+    prepared = prepared.to(choice.device)
+    if choice.kind != "mps":
+        prepared = prepared.to(memory_format=torch.channels_last)
+    for parameter in prepared.parameters():
+        parameter.requires_grad_(False)
+    return prepared
+
+
+# ---------------------------------------------------------------------------------------------
+# Streaming back onto the input grid when the model grid is resampled
+
+
+class GridResampler:
+    """Bilinearly interpolates model-grid rows (arriving top to bottom) onto the input grid.
+
+    Pixel centres are matched (GDAL's half-pixel convention), edges are clamped.
+    """
+
+    def __init__(self, in_width: int, in_height: int, model_width: int, model_height: int, heads: int) -> None:
+        self.in_height, self.model_height = in_height, model_height
+        self.scale_y = model_height / in_height
+        fx = (np.arange(in_width) + 0.5) * (model_width / in_width) - 0.5
+        fx = np.clip(fx, 0, model_width - 1)
+        self.x0 = np.floor(fx).astype(np.int64)
+        self.x1 = np.minimum(self.x0 + 1, model_width - 1)
+        self.wx = (fx - self.x0).astype(np.float32)
+        self.buffer = np.zeros((heads, 0, model_width), np.float32)
+        self.buffer_start = 0  # model row of buffer[:, 0]
+        self.received = 0
+        self.next_row = 0  # next input row to produce
+
+    def _source_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        fy = np.clip((rows + 0.5) * self.scale_y - 0.5, 0, self.model_height - 1)
+        y0 = np.floor(fy).astype(np.int64)
+        y1 = np.minimum(y0 + 1, self.model_height - 1)
+        return y0, y1, (fy - y0).astype(np.float32)
+
+    def push(self, rows: np.ndarray) -> tuple[int, np.ndarray]:
+        """Add model rows; return (first input row, interpolated rows (heads, n, in_width))."""
+        self.buffer = np.concatenate([self.buffer, rows], axis=1)
+        self.received += rows.shape[1]
+        last = self.in_height
+        if self.received < self.model_height:
+            # Input rows whose lower source row has arrived.
+            candidates = np.arange(self.next_row, self.in_height)
+            _y0, y1, _w = self._source_rows(candidates)
+            ready = np.nonzero(y1 >= self.received)[0]
+            last = self.next_row + (int(ready[0]) if ready.size else candidates.size)
+        first = self.next_row
+        out_rows = np.arange(first, last)
+        if out_rows.size == 0:
+            return first, np.zeros((self.buffer.shape[0], 0, self.x0.size), np.float32)
+        y0, y1, wy = self._source_rows(out_rows)
+        top = self.buffer[:, y0 - self.buffer_start]
+        bottom = self.buffer[:, y1 - self.buffer_start]
+        rows_interp = top + (bottom - top) * wy[None, :, None]
+        out = rows_interp[:, :, self.x0] + (rows_interp[:, :, self.x1] - rows_interp[:, :, self.x0]) * self.wx
+        self.next_row = last
+        if self.next_row < self.in_height:
+            keep_from = int(self._source_rows(np.array([self.next_row]))[0][0])
+            self.buffer = self.buffer[:, keep_from - self.buffer_start :]
+            self.buffer_start = keep_from
+        return first, out.astype(np.float32)
+
+
+def read_valid_rows(dataset, band_indexes: list[int], row: int, count: int) -> np.ndarray:
+    """Validity of input rows [row, row + count) at full resolution (no data read when none can be invalid)."""
+    from rasterio.enums import MaskFlags
+    from rasterio.windows import Window
+
+    flags = [dataset.mask_flag_enums[b - 1] for b in band_indexes]
+    float_data = any(np.dtype(dataset.dtypes[b - 1]).kind in "fc" for b in band_indexes)
+    if all(f == [MaskFlags.all_valid] for f in flags) and not float_data:
+        return np.ones((count, dataset.width), bool)
+    _data, valid = raster_io.read_block(dataset, band_indexes, window=Window(0, row, dataset.width, count))
+    return valid
+
+
+# ---------------------------------------------------------------------------------------------
+# The engine
+
+
+def predict_raster(
+    raster_path: Union[str, Path],
+    card: ModelCard,
+    out_path: Union[str, Path],
+    options: Optional[InferenceOptions] = None,
+    progress: Optional[ProgressCallback] = None,
+    is_canceled: Optional[CancelCallback] = None,
+    model: Optional[nn.Module] = None,
+) -> InferenceResult:
+    """Write the model's per-head probabilities for `raster_path` to `out_path` (a GeoTIFF on the input grid).
+
+    `model` is an already-built network for the card (e.g. during training); otherwise the card's
+    weights are loaded and verified. Nothing is left at `out_path` on error or cancel.
+    """
+    options = options or InferenceOptions()
+    started = time.perf_counter()
+    out_path = Path(out_path)
+    if out_path.resolve() == Path(raster_path).resolve():
+        raise OutputError("The output path is the input raster; choose another file name.")
+    if options.output_dtype not in ("uint8", "float32"):
+        raise OutputError(f"output_dtype must be 'uint8' or 'float32', not {options.output_dtype!r}.")
+    raster_io.check_output_writable(out_path)
+    card.validate()
+    previous_threads = torch.get_num_threads()
+    if options.num_threads:
+        torch.set_num_threads(max(1, int(options.num_threads)))
+    try:
+        with raster_io.gdal_env(), warnings_module.catch_warnings():
+            warnings_module.simplefilter("ignore", category=Warning)  # NotGeoreferencedWarning & co.
+            with raster_io.opened(raster_path) as dataset:
+                return _predict_dataset(dataset, card, out_path, options, progress, is_canceled, model, started)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _predict_dataset(dataset, card, out_path, options, progress, is_canceled, model, started) -> InferenceResult:
+    from rasterio.enums import Resampling
+    from rasterio.windows import Window
+
+    notes: list[str] = []
+    width, height = dataset.width, dataset.height
+    band_indexes, channels = resolve_bands(dataset.count, card, raster_io.alpha_band(dataset))
+    if channels > len(band_indexes):
+        notes.append(f"Single-band raster: the band is repeated to feed the model's {channels} bands.")
+
+    gsd = raster_io.raster_gsd_m(dataset)
+    if gsd is None:
+        notes.append(
+            "The raster has no coordinate reference system: working in pixel units and assuming the "
+            f"model's GSD ({card.gsd_m:g} m). Assign a CRS in QGIS for areas in square metres."
+        )
+    ratio = 1.0 if gsd is None else card.gsd_m / gsd  # input pixels per model pixel
+    resampled = bool(options.resample_to_model_gsd and (ratio > GSD_TOLERANCE or ratio < 1.0 / GSD_TOLERANCE))
+    if resampled:
+        model_width, model_height = max(1, int(width / ratio)), max(1, int(height / ratio))
+        notes.append(
+            f"The raster's GSD ({gsd:.3g} m) is far from the model's ({card.gsd_m:g} m): it was resampled to "
+            f"{model_width} x {model_height} pixels for the model and the probabilities back to the input grid."
+        )
+    else:
+        model_width, model_height = width, height
+        if gsd is not None and abs(ratio - 1.0) > 0.05:
+            notes.append(f"The raster's GSD ({gsd:.3g} m) differs from the model's ({card.gsd_m:g} m); not resampled.")
+    ky = height / model_height
+
+    stats: ScalingStats = compute_scaling_stats(dataset, card, band_indexes, channels)
+    check_canceled(is_canceled)
+
+    choice = select_device(options.device)
+    if choice.note:
+        notes.append(choice.note)
+    precision, check_bf16, precision_notes = _resolve_precision(options.precision, choice)
+    notes += precision_notes
+    if model is None:
+        from .zoo import load_model
+
+        model = load_model(card, "cpu")
+    net = prepare_model(model, choice)
+
+    tile = int(options.tile_size or card.tile_size)
+    overlap = int(card.overlap if options.overlap is None else options.overlap)
+    if tile < 32 or tile % 32:
+        raise InputError(f"Tile size must be a multiple of 32 and at least 32, not {tile}.")
+    if not 0 <= overlap < tile // 2:
+        raise InputError(f"Overlap must be between 0 and half the tile size ({tile // 2}), not {overlap}.")
+    tile_h = tile if model_height >= tile else _round_up(model_height)
+    tile_w = tile if model_width >= tile else _round_up(model_width)
+    xs, ys = tile_starts(model_width, tile_w, overlap), tile_starts(model_height, tile_h, overlap)
+    ramp_x, ramp_y = blend_ramp(tile_w, overlap), blend_ramp(tile_h, overlap)
+    norm_x, norm_y = weight_sums(model_width, xs, ramp_x), weight_sums(model_height, ys, ramp_y)
+    tta_policy = card.tta if options.tta else "none"
+    runner = TileRunner(net, choice, precision, tta_policy, options.look_direction_flip, tile_h == tile_w)
+    batch_size = int(options.batch_size or _default_batch_size(choice, tile_h, tile_w, len(runner.transforms)))
+
+    heads = list(card.heads)
+    writer = raster_io.ProbabilityWriter(
+        out_path,
+        width,
+        height,
+        heads,
+        dataset.crs,
+        dataset.transform,
+        options.output_dtype,
+        tags={"FOOTPRINT_MODEL": card.display_name, "FOOTPRINT_THRESHOLD": f"{card.threshold:g}"},
+    )
+    resampler = GridResampler(width, height, model_width, model_height, len(heads)) if resampled else None
+
+    def emit(prob: np.ndarray, valid: np.ndarray) -> None:
+        if resampler is None:
+            writer.write_rows(prob, valid)
+            return
+        prob = np.where(valid[None], prob, np.float32(0.0))
+        first, rows = resampler.push(prob)
+        if rows.shape[1]:
+            writer.write_rows(rows, read_valid_rows(dataset, band_indexes, first, rows.shape[1]))
+
+    total_tiles = len(xs) * len(ys)
+    done_tiles = skipped_tiles = 0
+    accumulator = np.zeros((len(heads), tile_h, model_width), np.float32)
+    report = progress or (lambda _f: None)
+    report(0.02)
+    try:
+        for row_index, y0 in enumerate(ys):
+            check_canceled(is_canceled)
+            strip_h = min(tile_h, model_height - y0)
+            if resampled:
+                window = Window(0, y0 * ky, width, strip_h * ky)
+                strip, strip_valid = raster_io.read_block(
+                    dataset,
+                    band_indexes,
+                    window=window,
+                    out_shape=(strip_h, model_width),
+                    resampling=Resampling.average if ky > 1 else Resampling.bilinear,
+                )
+            else:
+                strip, strip_valid = raster_io.read_block(dataset, band_indexes, window=Window(0, y0, width, strip_h))
+            pending: list[tuple[int, np.ndarray]] = []
+
+            def flush(pending: list[tuple[int, np.ndarray]], strip_h: int) -> None:
+                nonlocal check_bf16, batch_size
+                if not pending:
+                    return
+                batch = np.stack([t for _x, t in pending])
+                if check_bf16:
+                    prob = _check_bf16(runner, batch, card.threshold, notes)
+                    check_bf16 = False
+                else:
+                    prob, batch_size = _run_with_retry(runner, batch, batch_size)
+                for (x0, _t), p in zip(pending, prob):
+                    w = min(tile_w, model_width - x0)
+                    weights = ramp_y[:strip_h, None] * ramp_x[None, :w]
+                    accumulator[:, :strip_h, x0 : x0 + w] += p[:, :strip_h, :w] * weights
+                pending.clear()
+
+            for x0 in xs:
+                w = min(tile_w, model_width - x0)
+                tile_valid = strip_valid[:, x0 : x0 + w]
+                done_tiles += 1
+                if not tile_valid.any():
+                    skipped_tiles += 1
+                    continue
+                scaled = apply_scaling(strip[:, :, x0 : x0 + w], tile_valid, stats, card)
+                pending.append((x0, _pad_tile(scaled, tile_h, tile_w)))
+                if len(pending) >= batch_size:
+                    flush(pending, strip_h)
+                    check_canceled(is_canceled)
+                    report(0.02 + 0.93 * done_tiles / total_tiles)
+            flush(pending, strip_h)
+            report(0.02 + 0.93 * done_tiles / total_tiles)
+
+            last_row = row_index == len(ys) - 1
+            finished = strip_h if last_row else ys[row_index + 1] - y0
+            norm = norm_y[y0 : y0 + finished, None] * norm_x[None, :]
+            prob = accumulator[:, :finished] / norm
+            emit(prob, strip_valid[:finished])
+            if not last_row:
+                accumulator[:, : tile_h - finished] = accumulator[:, finished:]
+                accumulator[:, tile_h - finished :] = 0.0
+        check_canceled(is_canceled)
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    report(1.0)
+
+    if skipped_tiles == total_tiles:
+        notes.append("The raster has no valid pixels (all nodata or masked): the probability raster is empty.")
+    notes += runner.notes
+    final = runner.choice
+    seconds = time.perf_counter() - started
+    return InferenceResult(
+        probability_path=out_path,
+        heads=heads,
+        device=final.device,
+        device_name=final.name,
+        device_note=final.note or choice.note,
+        precision=runner.precision,
+        width=width,
+        height=height,
+        megapixels=width * height / 1e6,
+        seconds=seconds,
+        resampled=resampled,
+        warnings=notes,
+        crs_wkt=dataset.crs.to_wkt() if dataset.crs else None,
+        gsd_m=float(gsd) if gsd is not None else 1.0,
+        tiles=total_tiles,
+        tiles_skipped=skipped_tiles,
+        batch_size=batch_size,
+        stats=stats.to_dict(),
+    )
+
+
+def _run_with_retry(runner: TileRunner, batch: np.ndarray, batch_size: int) -> tuple[np.ndarray, int]:
+    """Run in sub-batches; on GPU out-of-memory halve the batch, and at 1 continue on the CPU."""
+    outputs = []
+    start = 0
+    while start < len(batch):
+        part = batch[start : start + batch_size]
+        try:
+            outputs.append(runner.run(part))
+            start += len(part)
+        except RuntimeError as exc:
+            if not is_out_of_memory(exc) or runner.device.type == "cpu":
+                raise
+            if runner.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if batch_size > 1:
+                batch_size = max(1, batch_size // 2)
+                runner.notes.append(f"GPU out of memory: batch size reduced to {batch_size}.")
+            else:
+                runner.move_to_cpu("out of memory even with one tile per batch")
+    return np.concatenate(outputs), batch_size
+
+
+def _check_bf16(runner: TileRunner, batch: np.ndarray, threshold: float, notes: list[str]) -> np.ndarray:
+    """Run one batch in fp32 and bf16; keep bf16 only if the thresholded masks agree."""
+    reference = runner.run(batch, "fp32")
+    candidate = runner.run(batch, "bf16")
+    disagreement = float(np.mean((reference >= threshold) != (candidate >= threshold)))
+    if disagreement <= BF16_MAX_MASK_DISAGREEMENT:
+        runner.precision = "bf16"
+        return reference
+    runner.precision = "fp32"
+    notes.append(f"bf16 masks differed from fp32 on {disagreement:.2%} of pixels for this model; using fp32 (slower).")
+    return reference

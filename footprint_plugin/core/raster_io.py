@@ -1,0 +1,364 @@
+"""Raster input and output through rasterio: validated opening, validity masks, ground GSD,
+windowed reads, and the streamed, atomically written probability GeoTIFF.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence, Union
+
+import numpy as np
+
+from .errors import InputError, OutputError
+
+EARTH_RADIUS_M = 6371008.8
+HEADS_TAG = "FOOTPRINT_HEADS"
+UINT8_NODATA = 255
+UINT8_SCALE = 1.0 / 254.0
+OUTPUT_BLOCK = 256
+# GDAL's block cache must hold a strip of source blocks for a row of tiles (overlapping strips
+# then reuse decoded blocks instead of decompressing them twice).
+GDAL_CACHE_MB = 256
+
+
+def gdal_env():
+    """rasterio.Env with a block cache sized for strip reads."""
+    import rasterio
+
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 1024 * 1024, GDAL_NUM_THREADS="ALL_CPUS")
+
+
+def open_raster(path: Union[str, Path]):
+    """Open a raster GDAL can read; missing, corrupt or empty files raise InputError."""
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    path = Path(path)
+    is_gdal_path = str(path).startswith(("/vsi", "http://", "https://"))
+    if not is_gdal_path and not path.exists():
+        raise InputError(f"Raster not found: {path}. Check the path.")
+    if not is_gdal_path and path.is_dir():
+        raise InputError(f"{path} is a folder, not a raster. Choose a GeoTIFF, VRT or another GDAL raster.")
+    try:
+        dataset = rasterio.open(path)
+    except RasterioIOError as exc:
+        if "dimensions" in str(exc).lower():
+            raise InputError(f"Raster {path} is empty ({exc}). Choose a raster with pixels.") from None
+        raise InputError(
+            f"GDAL cannot read {path} ({exc}). The file is corrupt or not a raster; re-export it as a GeoTIFF."
+        ) from None
+    except Exception as exc:  # rasterio raises a few other types for truncated headers
+        raise InputError(f"Cannot open {path} as a raster ({exc}). Re-export it as a GeoTIFF.") from None
+    if dataset.width < 1 or dataset.height < 1 or dataset.count < 1:
+        shape = f"{dataset.width} x {dataset.height} pixels, {dataset.count} bands"
+        dataset.close()
+        raise InputError(f"Raster {path} is empty ({shape}). Choose a raster with pixels.")
+    return dataset
+
+
+@contextlib.contextmanager
+def opened(dataset_or_path: Any) -> Iterator[Any]:
+    """Yield an open dataset: the given one (left open) or one opened from a path (closed after)."""
+    if hasattr(dataset_or_path, "read") and hasattr(dataset_or_path, "transform"):
+        yield dataset_or_path
+        return
+    dataset = open_raster(dataset_or_path)
+    try:
+        yield dataset
+    finally:
+        dataset.close()
+
+
+def alpha_band(dataset) -> Optional[int]:
+    """1-based index of an alpha band (e.g. the A of RGBA), or None."""
+    from rasterio.enums import ColorInterp
+
+    alphas = [i + 1 for i, interp in enumerate(dataset.colorinterp) if interp == ColorInterp.alpha]
+    return alphas[-1] if alphas and dataset.count > 1 else None
+
+
+def _haversine_m(lon1: float, lat1: float, lon2: float, lat2: float) -> float:
+    lon1, lat1, lon2, lat2 = map(math.radians, (lon1, lat1, lon2, lat2))
+    a = math.sin((lat2 - lat1) / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
+    return 2 * EARTH_RADIUS_M * math.asin(math.sqrt(min(1.0, a)))
+
+
+def ground_pixel_size_m(dataset) -> Optional[tuple[float, float]]:
+    """(x, y) pixel size in ground metres at the raster centre, for any CRS (metres, feet, degrees,
+    Web Mercator, whose 'metres' are not ground metres away from the equator). None without a CRS."""
+    from rasterio.warp import transform as warp_transform
+
+    if dataset.crs is None:
+        return None
+    col, row = dataset.width / 2.0, dataset.height / 2.0
+    t = dataset.transform
+    points = [t * (col, row), t * (col + 1, row), t * (col, row + 1)]
+    try:
+        lons, lats = warp_transform(dataset.crs, "EPSG:4326", [p[0] for p in points], [p[1] for p in points])
+    except Exception:  # a local/engineering CRS that cannot reach lon/lat: trust its linear units
+        factor = 1.0
+        with contextlib.suppress(Exception):
+            factor = float(dataset.crs.linear_units_factor[1])
+        return abs(t.a * factor) or abs(t.b * factor), abs(t.e * factor) or abs(t.d * factor)
+    gx = _haversine_m(lons[0], lats[0], lons[1], lats[1])
+    gy = _haversine_m(lons[0], lats[0], lons[2], lats[2])
+    if not (gx > 0 and gy > 0 and math.isfinite(gx) and math.isfinite(gy)):
+        return None
+    return gx, gy
+
+
+def raster_gsd_m(dataset) -> Optional[float]:
+    """Ground sample distance in metres (geometric mean of x and y), or None without a usable CRS."""
+    size = ground_pixel_size_m(dataset)
+    return None if size is None else math.sqrt(size[0] * size[1])
+
+
+@dataclass
+class RasterInfo:
+    path: str
+    width: int
+    height: int
+    count: int
+    dtype: str
+    crs_wkt: Optional[str]
+    gsd_m: Optional[float]
+    nodata: Optional[float]
+    has_mask: bool
+    alpha_band: Optional[int]
+    tiled: bool
+
+
+def describe_raster(path: Union[str, Path]) -> RasterInfo:
+    """Size, bands, CRS and GSD without reading pixels (for dialogs and checks)."""
+    from rasterio.enums import MaskFlags
+
+    with opened(path) as ds:
+        flags = {flag for band_flags in ds.mask_flag_enums for flag in band_flags}
+        return RasterInfo(
+            path=str(path),
+            width=ds.width,
+            height=ds.height,
+            count=ds.count,
+            dtype=ds.dtypes[0],
+            crs_wkt=ds.crs.to_wkt() if ds.crs else None,
+            gsd_m=raster_gsd_m(ds),
+            nodata=ds.nodata,
+            has_mask=bool(flags & {MaskFlags.per_dataset, MaskFlags.alpha, MaskFlags.nodata}),
+            alpha_band=alpha_band(ds),
+            tiled=bool(ds.block_shapes and ds.block_shapes[0][1] < ds.width),
+        )
+
+
+def read_block(
+    dataset,
+    band_indexes: Sequence[int],
+    window=None,
+    out_shape: Optional[tuple[int, int]] = None,
+    resampling=None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(data (C, h, w), valid (h, w) bool) for a window, optionally resampled to out_shape.
+
+    A pixel is valid when no read band is nodata or NaN and the dataset mask / alpha allows it.
+    """
+    from rasterio.enums import MaskFlags, Resampling
+
+    resampling = resampling if resampling is not None else Resampling.nearest
+    shape = None if out_shape is None else (len(band_indexes), int(out_shape[0]), int(out_shape[1]))
+    data = dataset.read(list(band_indexes), window=window, out_shape=shape, resampling=resampling)
+    valid = np.ones(data.shape[1:], dtype=bool)
+    if data.dtype.kind in "fc":
+        valid &= np.isfinite(data).all(axis=0)
+    flags = [dataset.mask_flag_enums[b - 1] for b in band_indexes]
+    if resampling == Resampling.nearest:
+        for k, band in enumerate(band_indexes):
+            nodata = dataset.nodatavals[band - 1]
+            if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
+                valid &= data[k] != nodata
+        if any(MaskFlags.per_dataset in f or MaskFlags.alpha in f for f in flags):
+            mask = dataset.read_masks(band_indexes[0], window=window, out_shape=shape[1:] if shape else None)
+            valid &= mask > 0
+    elif any(MaskFlags.all_valid not in f for f in flags):
+        # Interpolated values near nodata are not comparable to the nodata value: use GDAL's masks.
+        masks = dataset.read_masks(list(band_indexes), window=window, out_shape=shape, resampling=Resampling.nearest)
+        valid &= (masks > 0).all(axis=0)
+    return data, valid
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+
+
+def check_output_writable(out_path: Union[str, Path]) -> Path:
+    """Raise OutputError now (not after an hour of inference) if out_path cannot be written."""
+    out_path = Path(out_path)
+    folder = out_path.parent if str(out_path.parent) else Path(".")
+    if not folder.is_dir():
+        raise OutputError(f"Output folder does not exist: {folder}. Create it or choose another output path.")
+    if out_path.is_dir():
+        raise OutputError(f"Output path {out_path} is a folder; give a file name such as probability.tif.")
+    probe = folder / f".{out_path.name}.{uuid.uuid4().hex[:8]}.probe"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(
+            f"Cannot write to the output folder {folder} ({exc.strerror}). Choose a writable folder."
+        ) from None
+    return out_path
+
+
+def temporary_sibling(out_path: Path) -> Path:
+    """A hidden temporary path in the same folder (same filesystem, so os.replace is atomic)."""
+    return out_path.with_name(f".{out_path.stem}.{uuid.uuid4().hex[:8]}.partial{out_path.suffix or '.tif'}")
+
+
+def remove_quietly(path: Path) -> None:
+    for candidate in (path, Path(str(path) + ".aux.xml"), Path(str(path) + ".ovr")):
+        with contextlib.suppress(OSError):
+            candidate.unlink()
+
+
+class ProbabilityWriter:
+    """Streams probability rows into a temporary tiled GeoTIFF; ``commit()`` renames it into place.
+
+    Rows arrive top to bottom in any chunk size; they are buffered to whole 256-row block strips,
+    so each compressed block is written exactly once.
+    """
+
+    def __init__(
+        self,
+        out_path: Union[str, Path],
+        width: int,
+        height: int,
+        heads: Sequence[str],
+        crs: Any,
+        transform: Any,
+        output_dtype: str = "uint8",
+        tags: Optional[dict[str, str]] = None,
+    ) -> None:
+        import rasterio
+
+        if output_dtype not in ("uint8", "float32"):
+            raise OutputError(f"output_dtype must be 'uint8' or 'float32', not {output_dtype!r}.")
+        self.out_path = Path(out_path)
+        self.tmp_path = temporary_sibling(self.out_path)
+        self.width, self.height, self.heads = width, height, list(heads)
+        self.dtype = output_dtype
+        self.rows_written = 0
+        self._pending: list[np.ndarray] = []
+        self._pending_rows = 0
+        profile = {
+            "driver": "GTiff",
+            "width": width,
+            "height": height,
+            "count": len(self.heads),
+            "dtype": output_dtype,
+            "nodata": UINT8_NODATA if output_dtype == "uint8" else float("nan"),
+            "compress": "deflate",
+            "predictor": 2 if output_dtype == "uint8" else 3,
+            "interleave": "band" if len(self.heads) > 1 else "pixel",
+            "BIGTIFF": "IF_SAFER",
+            "transform": transform,
+        }
+        if width >= OUTPUT_BLOCK or height >= OUTPUT_BLOCK:
+            profile.update(tiled=True, blockxsize=OUTPUT_BLOCK, blockysize=OUTPUT_BLOCK)
+        if crs is not None:
+            profile["crs"] = crs
+        try:
+            self._dst = rasterio.open(self.tmp_path, "w", **profile)
+        except Exception as exc:
+            remove_quietly(self.tmp_path)
+            raise OutputError(
+                f"Cannot create {self.out_path} ({exc}). Choose a writable folder with free space."
+            ) from None
+        for index, head in enumerate(self.heads, start=1):
+            self._dst.set_band_description(index, head)
+        if output_dtype == "uint8":
+            self._dst.scales = (UINT8_SCALE,) * len(self.heads)
+            self._dst.offsets = (0.0,) * len(self.heads)
+        self._dst.update_tags(**{HEADS_TAG: ",".join(self.heads)}, **(tags or {}))
+
+    def encode(self, prob: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """(heads, h, w) probabilities in 0..1 and a (h, w) validity mask -> stored values."""
+        if self.dtype == "uint8":
+            stored = np.rint(np.clip(prob, 0.0, 1.0) * 254.0).astype(np.uint8)
+            stored[:, ~valid] = UINT8_NODATA
+        else:
+            stored = np.clip(prob, 0.0, 1.0).astype(np.float32)
+            stored[:, ~valid] = np.nan
+        return stored
+
+    def write_rows(self, prob: np.ndarray, valid: np.ndarray) -> None:
+        """Append the next rows (heads, h, width) of probabilities with their validity."""
+        self._pending.append(self.encode(prob, valid))
+        self._pending_rows += prob.shape[1]
+        if self._pending_rows >= OUTPUT_BLOCK:
+            self._flush(final=False)
+
+    def _flush(self, final: bool) -> None:
+        from rasterio.windows import Window
+
+        if not self._pending:
+            return
+        rows = np.concatenate(self._pending, axis=1) if len(self._pending) > 1 else self._pending[0]
+        n = rows.shape[1] if final else (rows.shape[1] // OUTPUT_BLOCK) * OUTPUT_BLOCK
+        if n:
+            self._dst.write(rows[:, :n], window=Window(0, self.rows_written, self.width, n))
+            self.rows_written += n
+        rest = rows[:, n:]
+        self._pending = [rest] if rest.shape[1] else []
+        self._pending_rows = rest.shape[1]
+
+    def commit(self) -> Path:
+        """Flush, add overviews, close and rename into place."""
+        from rasterio.enums import Resampling
+
+        self._flush(final=True)
+        if self.rows_written != self.height:
+            self.abort()
+            raise OutputError(f"Internal error: wrote {self.rows_written} of {self.height} rows; please report it.")
+        factors = []
+        factor = 2
+        while max(self.width, self.height) / factor >= OUTPUT_BLOCK // 2:
+            factors.append(factor)
+            factor *= 2
+        try:
+            if factors:
+                self._dst.build_overviews(factors, Resampling.average)
+                self._dst.update_tags(ns="rio_overview", resampling="average")
+            self._dst.close()
+            os.replace(self.tmp_path, self.out_path)
+        except Exception as exc:
+            self.abort()
+            raise OutputError(f"Cannot finish writing {self.out_path} ({exc}). Check free disk space.") from None
+        return self.out_path
+
+    def abort(self) -> None:
+        """Close and delete the temporary file; the output path is left untouched."""
+        with contextlib.suppress(Exception):
+            self._dst.close()
+        remove_quietly(self.tmp_path)
+
+
+def read_probability(path: Union[str, Path], window=None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(probabilities float32 (heads, h, w) in 0..1, valid (h, w), head names) of a probability raster."""
+    with opened(path) as ds:
+        raw = ds.read(window=window)
+        tag = ds.tags().get(HEADS_TAG)
+        heads = tag.split(",") if tag else [d or f"band{i + 1}" for i, d in enumerate(ds.descriptions)]
+        if raw.dtype == np.uint8:
+            valid = (raw != UINT8_NODATA).all(axis=0)
+            scale, offset = ds.scales[0], ds.offsets[0] or 0.0
+            if scale in (None, 0.0, 1.0):  # written without scale metadata: our format's default
+                scale = UINT8_SCALE
+            prob = raw.astype(np.float32) * np.float32(scale) + np.float32(offset)
+        else:
+            prob = raw.astype(np.float32)
+            valid = np.isfinite(prob).all(axis=0)
+        prob[:, ~valid] = 0.0
+    return prob, valid, heads

@@ -1,0 +1,197 @@
+"""The "Train / fine-tune model" dialog: picks layers and options, runs footprint:trainmodel or
+footprint:finetunemodel in the task manager, and shows the training report when it ends."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+from qgis.core import Qgis, QgsMapLayer, QgsProject, QgsRasterLayer, QgsSettings, QgsVectorLayer, QgsWkbTypes
+from qgis.PyQt import uic
+from qgis.PyQt.QtCore import Qt, QTimer
+from qgis.PyQt.QtGui import QPixmap
+from qgis.PyQt.QtWidgets import QDialog, QDialogButtonBox, QListWidgetItem, QPushButton, QWidget
+
+from .tasks import AlgorithmRun
+
+UI_DIR = Path(__file__).resolve().parents[2] / "ui"
+FORM_CLASS, _ = uic.loadUiType(str(UI_DIR / "train_dialog.ui"))
+SETTINGS_PREFIX = "building_footprints/train/"
+ARCHITECTURES = ("unet_mobilenetv2", "unet_resnet34", "unet_vgg11", "deeplabv3plus_resnet")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class TrainDialog(QDialog, FORM_CLASS):
+    """Non-modal; `run` holds the training in flight (None when idle)."""
+
+    def __init__(self, iface: Any = None, parent: Optional[QWidget] = None) -> None:
+        super().__init__(parent)
+        self.setupUi(self)
+        self.iface = iface
+        self.run: Optional[AlgorithmRun] = None
+        self.result: dict[str, Any] = {}
+        self.settings = QgsSettings()
+        self.architectureCombo.addItems(list(ARCHITECTURES))
+        self.deviceCombo.addItems(["auto", "cpu", "cuda"])
+        self.train_button = QPushButton(self.tr("Train"))
+        self.buttonBox.addButton(self.train_button, QDialogButtonBox.ButtonRole.ActionRole)
+        self.cancel_button = QPushButton(self.tr("Stop"))
+        self.cancel_button.setEnabled(False)
+        self.buttonBox.addButton(self.cancel_button, QDialogButtonBox.ButtonRole.ActionRole)
+        self.buttonBox.rejected.connect(self.close)
+        self.train_button.clicked.connect(self.start)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.newRadio.toggled.connect(self._mode_changed)
+        self.poll = QTimer(self)
+        self.poll.setInterval(250)
+        self.poll.timeout.connect(self._poll_progress)
+        self.fill_layers()
+        self.fill_models()
+        self._restore_settings()
+        self._mode_changed()
+
+    # --- choices ----------------------------------------------------------------------------------------
+    def fill_layers(self) -> None:
+        self.rasterList.clear()
+        self.buildingsCombo.clear()
+        self.aoiCombo.clear()
+        self.aoiCombo.addItem(self.tr("(none: the whole raster was digitized)"), "")
+        active = self.iface.activeLayer() if self.iface is not None else None
+        for layer in QgsProject.instance().mapLayers().values():
+            if isinstance(layer, QgsRasterLayer) and layer.providerType() == "gdal":
+                item = QListWidgetItem(layer.name())
+                item.setData(Qt.ItemDataRole.UserRole, layer.id())
+                item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+                checked = layer is active or self.rasterList.count() == 0
+                item.setCheckState(Qt.CheckState.Checked if checked else Qt.CheckState.Unchecked)
+                self.rasterList.addItem(item)
+            elif isinstance(layer, QgsVectorLayer) and layer.geometryType() == QgsWkbTypes.GeometryType.PolygonGeometry:
+                self.buildingsCombo.addItem(layer.name(), layer.id())
+                self.aoiCombo.addItem(layer.name(), layer.id())
+
+    def fill_models(self) -> None:
+        from ..core.modelcard import list_models
+
+        self.baseModelCombo.clear()
+        for card in list_models():
+            self.baseModelCombo.addItem(card.display_name, card.name)
+
+    def _mode_changed(self, *_args: Any) -> None:
+        new = self.newRadio.isChecked() or self.baseModelCombo.count() == 0
+        if new and not self.newRadio.isChecked():
+            self.newRadio.setChecked(True)
+        self.architectureCombo.setEnabled(new)
+        self.baseModelCombo.setEnabled(not new)
+
+    def checked_rasters(self) -> list[QgsMapLayer]:
+        layers = []
+        for row in range(self.rasterList.count()):
+            item = self.rasterList.item(row)
+            if item.checkState() == Qt.CheckState.Checked:
+                layer = QgsProject.instance().mapLayer(item.data(Qt.ItemDataRole.UserRole))
+                if layer is not None:
+                    layers.append(layer)
+        return layers
+
+    def algorithm_and_parameters(self) -> tuple[str, dict[str, Any]]:
+        """Which algorithm to run and its parameters; raises ValueError with a how-to-fix message."""
+        rasters = self.checked_rasters()
+        if not rasters:
+            raise ValueError(self.tr("Tick at least one raster layer."))
+        if self.buildingsCombo.currentIndex() < 0:
+            raise ValueError(self.tr("Add a polygon layer with the digitized buildings to the project first."))
+        name = self.nameEdit.text().strip()
+        if not NAME_PATTERN.match(name):
+            raise ValueError(self.tr("Give the new model a name of letters, digits, '_', '-' or '.' (e.g. my_town)."))
+        parameters: dict[str, Any] = {
+            # File paths for rasters and layer ids for vectors: the algorithm runs on a worker thread.
+            "INPUT": [layer.source() for layer in rasters],
+            "BUILDINGS": self.buildingsCombo.currentData(),
+            "AOI": self.aoiCombo.currentData() or None,
+            "EPOCHS": self.epochsSpin.value(),
+            "NAME": name,
+            "DEVICE": self.deviceCombo.currentText(),
+        }
+        if self.newRadio.isChecked():
+            parameters["ARCHITECTURE"] = self.architectureCombo.currentText()
+            return "footprint:trainmodel", parameters
+        parameters["BASE_MODEL"] = self.baseModelCombo.currentData()
+        return "footprint:finetunemodel", parameters
+
+    # --- running ----------------------------------------------------------------------------------------
+    def start(self) -> Optional[AlgorithmRun]:
+        if self.run is not None:
+            return self.run
+        try:
+            algorithm_id, parameters = self.algorithm_and_parameters()
+        except ValueError as exc:
+            self.statusLabel.setText(f"<b>{exc}</b>")
+            return None
+        self._save_settings()
+        self.result = {}
+        self.statusLabel.setText(self.tr("Training {}… (you can keep working; progress also shows in the task manager)").format(parameters["NAME"]))
+        self.progressBar.setValue(0)
+        self.train_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.run = AlgorithmRun(algorithm_id, parameters, self._finished, description=f"Train model {parameters['NAME']}")
+        self.run.start()
+        self.poll.start()
+        return self.run
+
+    def cancel(self) -> None:
+        if self.run is not None:
+            self.run.cancel()
+
+    def _poll_progress(self) -> None:
+        if self.run is not None:
+            self.progressBar.setValue(int(self.run.feedback.progress()))
+
+    def _finished(self, ok: bool, results: dict[str, Any], run: AlgorithmRun) -> None:
+        self.poll.stop()
+        self.run = None
+        self.train_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        if not ok:
+            reason = self.tr("Stopped; no model was saved.") if run.feedback.isCanceled() else run.error_text()
+            self.statusLabel.setText(f"<b>{self.tr('Training did not finish')}:</b> {reason}")
+            return
+        self.result = results
+        self.progressBar.setValue(100)
+        report = results.get("REPORT")
+        if report and Path(report).is_file():
+            self.reportLabel.setPixmap(QPixmap(str(report)))
+        self.statusLabel.setText(
+            self.tr("Model saved: {}. It is now listed in the Detect buildings dialog. Metrics: {}").format(
+                results.get("MODEL_CARD", "?"), results.get("METRICS", "")
+            )
+        )
+        self.fill_models()
+        if self.iface is not None:
+            self.iface.messageBar().pushMessage(
+                "Building Footprints", self.tr("Training finished: {}").format(results.get("MODEL_CARD", "")),
+                level=Qgis.MessageLevel.Success, duration=10,
+            )
+
+    # --- settings ---------------------------------------------------------------------------------------
+    def _restore_settings(self) -> None:
+        value = self.settings.value
+        self.epochsSpin.setValue(int(value(SETTINGS_PREFIX + "epochs", 20)))
+        self.architectureCombo.setCurrentText(str(value(SETTINGS_PREFIX + "architecture", ARCHITECTURES[0])))
+        self.deviceCombo.setCurrentText(str(value(SETTINGS_PREFIX + "device", "auto")))
+        index = self.baseModelCombo.findData(value(SETTINGS_PREFIX + "base_model", ""))
+        if index >= 0:
+            self.baseModelCombo.setCurrentIndex(index)
+        if str(value(SETTINGS_PREFIX + "mode", "finetune")) == "new":
+            self.newRadio.setChecked(True)
+
+    def _save_settings(self) -> None:
+        self.settings.setValue(SETTINGS_PREFIX + "epochs", self.epochsSpin.value())
+        self.settings.setValue(SETTINGS_PREFIX + "architecture", self.architectureCombo.currentText())
+        self.settings.setValue(SETTINGS_PREFIX + "device", self.deviceCombo.currentText())
+        self.settings.setValue(SETTINGS_PREFIX + "base_model", self.baseModelCombo.currentData() or "")
+        self.settings.setValue(SETTINGS_PREFIX + "mode", "new" if self.newRadio.isChecked() else "finetune")
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        self.poll.stop()
+        super().closeEvent(event)

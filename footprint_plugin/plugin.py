@@ -1,0 +1,195 @@
+"""FootprintPlugin: registers the Processing provider and adds the toolbar button and menu entries."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+from qgis.core import Qgis, QgsApplication, QgsRasterLayer
+from qgis.PyQt.QtGui import QIcon
+
+try:
+    from qgis.PyQt.QtGui import QAction  # Qt6 / QGIS 4
+except ImportError:
+    from qgis.PyQt.QtWidgets import QAction  # Qt5 / QGIS 3
+
+from . import deps
+from .core.modelcard import USER_MODELS_ENV
+
+PLUGIN_ROOT = Path(__file__).resolve().parents[1]
+MENU = "&Building Footprints"
+TITLE = "Building Footprints"
+
+
+class FootprintPlugin:
+    """QGIS plugin object created by classFactory."""
+
+    def __init__(self, iface: Any) -> None:
+        self.iface = iface
+        self.provider = None
+        self.actions: list[QAction] = []
+        self.toolbar = None
+        self.detect_action: Optional[QAction] = None
+        self._dialogs: dict[str, Any] = {}
+        self.last_run = None
+
+    # --- Processing -------------------------------------------------------------------------------------
+    def initProcessing(self) -> None:
+        """Register the provider (also called by QGIS on its own for headless qgis_process runs)."""
+        if self.provider is not None:
+            return
+        deps.ensure_dependency_path()
+        if not os.environ.get(USER_MODELS_ENV):
+            settings_dir = QgsApplication.qgisSettingsDirPath()
+            if settings_dir:
+                os.environ[USER_MODELS_ENV] = str(Path(settings_dir) / "footprint_plugin" / "models")
+        from .processing.provider import FootprintProvider
+
+        self.provider = FootprintProvider()
+        QgsApplication.processingRegistry().addProvider(self.provider)
+
+    # --- GUI --------------------------------------------------------------------------------------------
+    def initGui(self) -> None:
+        self.initProcessing()
+        icon = QIcon(str(PLUGIN_ROOT / "resources" / "icon.svg"))
+        main_window = self.iface.mainWindow()
+        self.detect_action = self._add_action(icon, "Detect buildings", self.show_detect_dialog, main_window)
+        self._add_action(icon, "Train / fine-tune model…", self.show_train_dialog, main_window)
+        self._add_action(QIcon(), "Model manager…", self.show_model_manager, main_window)
+        self._add_action(QIcon(), "Install dependencies…", self.show_dependency_installer, main_window)
+        self.toolbar = self.iface.addToolBar(TITLE)
+        self.toolbar.setObjectName("BuildingFootprintsToolbar")
+        self.toolbar.addAction(self.detect_action)
+
+    def _add_action(self, icon: QIcon, text: str, slot: Any, parent: Any) -> QAction:
+        action = QAction(icon, text, parent)
+        action.setObjectName("footprint_" + "".join(c for c in text.lower() if c.isalnum()))
+        action.triggered.connect(slot)
+        self.iface.addPluginToMenu(MENU, action)
+        self.actions.append(action)
+        return action
+
+    def unload(self) -> None:
+        for run in list(self._active_runs()):
+            run.cancel()
+        for dialog in self._dialogs.values():
+            dialog.close()
+            dialog.deleteLater()
+        self._dialogs.clear()
+        for action in self.actions:
+            self.iface.removePluginMenu(MENU, action)
+            action.deleteLater()
+        self.actions.clear()
+        self.detect_action = None
+        if self.toolbar is not None:
+            self.iface.mainWindow().removeToolBar(self.toolbar)
+            self.toolbar.deleteLater()
+            self.toolbar = None
+        if self.provider is not None:
+            QgsApplication.processingRegistry().removeProvider(self.provider)
+            self.provider = None
+
+    @staticmethod
+    def _active_runs() -> list:
+        from .gui.tasks import running_runs
+
+        return running_runs()
+
+    def _message(self, text: str, level: Any = Qgis.MessageLevel.Info, duration: int = 8) -> None:
+        self.iface.messageBar().pushMessage(TITLE, text, level=level, duration=duration)
+
+    def _dependencies_ready(self) -> bool:
+        missing = deps.missing_dependencies()
+        if missing:
+            self._message(deps.install_hint(missing), Qgis.MessageLevel.Warning, 0)
+            self.show_dependency_installer()
+            return False
+        return True
+
+    # --- Detect -----------------------------------------------------------------------------------------
+    def show_detect_dialog(self) -> None:
+        layer = self.iface.activeLayer()
+        if not isinstance(layer, QgsRasterLayer):
+            self._message(
+                "Select a raster layer in the Layers panel first: Detect buildings runs on the active raster layer.",
+                Qgis.MessageLevel.Warning,
+            )
+            return
+        if not self._dependencies_ready():
+            return
+        from .gui.detect_dialog import DetectDialog
+
+        dialog = DetectDialog(layer, self.iface.mainWindow())
+        dialog.accepted.connect(lambda: self.start_detection(dialog))
+        self._replace_dialog("detect", dialog)
+        dialog.show()
+
+    def _replace_dialog(self, key: str, dialog: Any) -> None:
+        old = self._dialogs.pop(key, None)
+        if old is not None:
+            old.close()
+            old.deleteLater()
+        self._dialogs[key] = dialog
+
+    def start_detection(self, dialog: Any) -> Any:
+        """Run footprint:detectbuildings for the dialog's parameters in the task manager."""
+        from .gui.tasks import AlgorithmRun, temporary_output
+
+        buildings = dialog.output_path() or temporary_output("buildings.gpkg")
+        probability = str(Path(buildings).with_name(Path(buildings).stem + "_probability.tif"))
+        parameters = dialog.parameters(buildings, probability)
+        layer_name = dialog.layer.name()
+
+        def finished(ok: bool, results: dict[str, Any], run: Any) -> None:
+            self._detection_finished(ok, results, run, layer_name)
+
+        self.last_run = AlgorithmRun(
+            "footprint:detectbuildings", parameters, finished, description=f"Detect buildings in {layer_name}"
+        ).start()
+        self._message(f"Detecting buildings in {layer_name}… (progress and cancel in the task manager)", duration=4)
+        return self.last_run
+
+    def _detection_finished(self, ok: bool, results: dict[str, Any], run: Any, layer_name: str) -> None:
+        if not ok:
+            if run.feedback.isCanceled():
+                self._message("Detection canceled; nothing was added.", Qgis.MessageLevel.Info)
+            else:
+                self._message(f"Detection failed: {run.error_text()}", Qgis.MessageLevel.Critical, 0)
+            return
+        from .gui.tasks import add_detection_layers
+
+        add_detection_layers(layer_name, str(results["OUTPUT"]), results.get("PROBABILITY"))
+        self._message(
+            f"{int(results.get('N_BUILDINGS', 0))} buildings found in {results.get('SECONDS', 0):.1f} s "
+            f"({results.get('MP_PER_S', 0):.2f} MP/s) on {results.get('DEVICE_USED', '?')} with {results.get('MODEL_USED', '?')}.",
+            Qgis.MessageLevel.Success,
+            15,
+        )
+
+    # --- Other dialogs ----------------------------------------------------------------------------------
+    def show_train_dialog(self) -> None:
+        if not self._dependencies_ready():
+            return
+        from .gui.train_dialog import TrainDialog
+
+        dialog = TrainDialog(self.iface, self.iface.mainWindow())
+        self._replace_dialog("train", dialog)
+        dialog.show()
+
+    def show_model_manager(self) -> None:
+        from .gui.model_manager import ModelManagerDialog
+
+        dialog = ModelManagerDialog(self.iface.mainWindow())
+        self._replace_dialog("models", dialog)
+        dialog.show()
+
+    def show_dependency_installer(self) -> None:
+        from .gui.dependency_installer import DependencyInstallerDialog
+
+        if isinstance(self._dialogs.get("deps"), DependencyInstallerDialog) and self._dialogs["deps"].isVisible():
+            self._dialogs["deps"].raise_()
+            return
+        dialog = DependencyInstallerDialog(self.iface.mainWindow())
+        self._replace_dialog("deps", dialog)
+        dialog.show()

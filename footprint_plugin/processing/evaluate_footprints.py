@@ -1,0 +1,151 @@
+"""footprint:evaluatefootprints: SpaceNet-style object scores of predicted vs reference buildings."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from qgis.core import (
+    QgsProcessing,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingOutputNumber,
+    QgsProcessingOutputString,
+    QgsProcessingParameterFeatureSink,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterNumber,
+    QgsWkbTypes,
+)
+
+from .base import GROUP_VECTOR, FeedbackAdapter, FootprintAlgorithm, add_polygon_features, crs_from_wkt, make_fields
+
+VECTOR_FORMATS = ["gpkg", "geojson", "shp"]
+
+
+class EvaluateFootprintsAlgorithm(FootprintAlgorithm):
+    PREDICTED = "PREDICTED"
+    REFERENCE = "REFERENCE"
+    AOI = "AOI"
+    IOU_THRESHOLD = "IOU_THRESHOLD"
+    MIN_AREA = "MIN_AREA"
+    TRUE_POSITIVES = "TRUE_POSITIVES"
+    FALSE_POSITIVES = "FALSE_POSITIVES"
+    FALSE_NEGATIVES = "FALSE_NEGATIVES"
+    REPORT = "REPORT"
+
+    NAME = "evaluatefootprints"
+    DISPLAY_NAME = "Evaluate building footprints"
+    GROUP = GROUP_VECTOR
+    HELP = (
+        "Scores predicted building polygons against reference (ground-truth) polygons the SpaceNet way: each "
+        "prediction matches at most one reference building with IoU ≥ the threshold (one to one). Reports "
+        "true positives (TP), false positives (FP), false negatives (FN), precision, recall, F1 and mean IoU, "
+        "plus pixel IoU/Dice from the polygon areas.\n\n"
+        "Both layers are reprojected to one metric CRS. With an <b>AOI</b>, both are clipped to it, so reference "
+        "buildings outside the scored area do not count as missed. <b>Minimum area</b> drops smaller polygons "
+        "from both. Outputs TP, FP and FN layers and an optional JSON report."
+    )
+
+    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
+        polygon = [QgsProcessing.SourceType.TypeVectorPolygon]
+        self.addParameter(QgsProcessingParameterFeatureSource(self.PREDICTED, self.tr("Predicted buildings"), polygon))
+        self.addParameter(QgsProcessingParameterFeatureSource(self.REFERENCE, self.tr("Reference buildings"), polygon))
+        self.addParameter(QgsProcessingParameterFeatureSource(self.AOI, self.tr("Area of interest"), polygon, optional=True))
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.IOU_THRESHOLD, self.tr("IoU threshold"), QgsProcessingParameterNumber.Type.Double, 0.5,
+                minValue=0.01, maxValue=1.0,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.MIN_AREA, self.tr("Minimum building area (m²)"), QgsProcessingParameterNumber.Type.Double, 0.0, minValue=0.0
+            )
+        )
+        for name, label in (
+            (self.TRUE_POSITIVES, "True positives"),
+            (self.FALSE_POSITIVES, "False positives"),
+            (self.FALSE_NEGATIVES, "False negatives (missed)"),
+        ):
+            self.addParameter(
+                QgsProcessingParameterFeatureSink(
+                    name, self.tr(label), QgsProcessing.SourceType.TypeVectorPolygon, optional=True, createByDefault=True
+                )
+            )
+        self.addParameter(
+            QgsProcessingParameterFileDestination(
+                self.REPORT, self.tr("JSON report"), "JSON files (*.json)", optional=True, createByDefault=False
+            )
+        )
+        for name in ("TP", "FP", "FN", "PRECISION", "RECALL", "F1", "MEAN_IOU", "PIXEL_IOU"):
+            self.addOutput(QgsProcessingOutputNumber(name, name.replace("_", " ").title()))
+        self.addOutput(QgsProcessingOutputString("METRICS", self.tr("All metrics (JSON)")))
+
+    def perform(
+        self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> dict[str, Any]:
+        from ..core.evaluate import evaluate_files
+
+        def layer_path(name: str) -> str | None:
+            if self.parameterAsSource(parameters, name, context) is None:
+                return None
+            return self.parameterAsCompatibleSourceLayerPath(parameters, name, context, VECTOR_FORMATS, "gpkg", feedback)
+
+        predicted, reference = layer_path(self.PREDICTED), layer_path(self.REFERENCE)
+        if not predicted or not reference:
+            raise QgsProcessingException("Pick both a predicted and a reference polygon layer.")
+        report = self.parameterAsFileOutput(parameters, self.REPORT, context) or None
+        adapter = FeedbackAdapter(feedback, 0.0, 0.9)
+        result = evaluate_files(
+            predicted,
+            reference,
+            aoi_path=layer_path(self.AOI),
+            min_area_m2=self.parameterAsDouble(parameters, self.MIN_AREA, context),
+            report_json=report,
+            iou_threshold=self.parameterAsDouble(parameters, self.IOU_THRESHOLD, context),
+            progress=adapter.progress,
+            is_canceled=adapter.is_canceled,
+        )
+        for warning in result.warnings:
+            feedback.pushWarning(warning)
+        for line in result.summary_lines():
+            feedback.pushInfo(line)
+
+        crs = crs_from_wkt(result.crs_wkt)
+        matched_pred = {m.pred for m in result.matches}
+        matched_gt = {m.gt for m in result.matches}
+        fp = [i for i in range(len(result.predicted)) if i not in matched_pred]
+        fn = [i for i in range(len(result.ground_truth)) if i not in matched_gt]
+        layers = (
+            (self.TRUE_POSITIVES, [("pred_index", "int"), ("gt_index", "int"), ("iou", "float")],
+             [result.predicted[m.pred] for m in result.matches],
+             [{"pred_index": m.pred, "gt_index": m.gt, "iou": round(m.iou, 4)} for m in result.matches]),
+            (self.FALSE_POSITIVES, [("pred_index", "int")], [result.predicted[i] for i in fp], [{"pred_index": i} for i in fp]),
+            (self.FALSE_NEGATIVES, [("gt_index", "int")], [result.ground_truth[i] for i in fn], [{"gt_index": i} for i in fn]),
+        )
+        outputs: dict[str, Any] = {}
+        for name, spec, geometries, attributes in layers:
+            fields = make_fields(spec)
+            sink, dest_id = self.parameterAsSink(parameters, name, context, fields, QgsWkbTypes.Type.MultiPolygon, crs)
+            if sink is None:
+                continue
+            add_polygon_features(sink, fields, geometries, attributes, feedback)
+            sink.flushBuffer()
+            outputs[name] = dest_id
+        scores = result.scores
+        feedback.setProgress(100.0)
+        return {
+            **outputs,
+            self.REPORT: str(result.report_path) if result.report_path else None,
+            "TP": scores.tp,
+            "FP": scores.fp,
+            "FN": scores.fn,
+            "PRECISION": scores.precision,
+            "RECALL": scores.recall,
+            "F1": scores.f1,
+            "MEAN_IOU": scores.mean_iou,
+            "PIXEL_IOU": float(result.pixel.get("iou", 0.0)),
+            "METRICS": json.dumps(result.to_dict(), default=str),
+        }

@@ -1,0 +1,58 @@
+"""footprint:finetunemodel: adapt an existing model to your area with a few digitized buildings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qgis.core import (
+    QgsProcessingContext,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterNumber,
+)
+
+from .base import GROUP_TRAIN
+from .detect_buildings import default_model, model_names, resolve_card
+from .train_model import TrainModelAlgorithm
+
+
+class FinetuneModelAlgorithm(TrainModelAlgorithm):
+    BASE_MODEL = "BASE_MODEL"
+    FREEZE_EPOCHS = "FREEZE_EPOCHS"
+
+    NAME = "finetunemodel"
+    DISPLAY_NAME = "Fine-tune a building model"
+    GROUP = GROUP_TRAIN
+    HELP = (
+        "Fine-tunes an existing (bundled or user) model on your rasters and the buildings you digitized on them, "
+        "and saves the result as a new model; the base model is left unchanged.\n\n"
+        "The new model keeps the base model's bands, scaling and pixel size, so the rasters must match them. "
+        "<b>Frozen-encoder epochs</b> first train only the decoder, which helps with few labels.\n"
+        "<b>Area digitized</b> (optional): polygons outlining where every building was drawn.\n\n"
+        "Outputs: the new model card (listed in Detect buildings at once), validation metrics and a training "
+        "report PNG."
+    )
+
+    def add_model_parameter(self) -> None:
+        self.addParameter(
+            QgsProcessingParameterEnum(
+                self.BASE_MODEL, self.tr("Base model"), options=model_names(), defaultValue=default_model(),
+                optional=True, usesStaticStrings=True,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.FREEZE_EPOCHS, self.tr("Frozen-encoder epochs"), QgsProcessingParameterNumber.Type.Integer, 2, minValue=0
+            )
+        )
+
+    def default_learning_rate(self) -> float:
+        return 3e-4
+
+    def model_settings(self, parameters: dict[str, Any], context: QgsProcessingContext) -> dict[str, Any]:
+        card = resolve_card(self.parameterAsEnumString(parameters, self.BASE_MODEL, context))
+        return {
+            "arch": card.architecture,
+            "base_model": str(card.path) if card.path else card.name,
+            "freeze_encoder_epochs": self.parameterAsInt(parameters, self.FREEZE_EPOCHS, context),
+            "sensor": card.sensor,
+        }

@@ -1,0 +1,162 @@
+"""footprint:trainmodel: train a new building model from rasters and digitized building polygons."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from qgis.core import (
+    QgsProcessing,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingOutputFile,
+    QgsProcessingOutputNumber,
+    QgsProcessingOutputString,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterFolderDestination,
+    QgsProcessingParameterMultipleLayers,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterString,
+)
+
+from .base import GROUP_TRAIN, FeedbackAdapter, FootprintAlgorithm
+from .detect_buildings import DEVICES
+
+ARCHITECTURES = ["unet_mobilenetv2", "unet_resnet34", "unet_vgg11", "deeplabv3plus_resnet"]
+VECTOR_FORMATS = ["gpkg", "geojson", "shp"]
+
+
+class TrainModelAlgorithm(FootprintAlgorithm):
+    INPUT = "INPUT"
+    BUILDINGS = "BUILDINGS"
+    AOI = "AOI"
+    ARCHITECTURE = "ARCHITECTURE"
+    EPOCHS = "EPOCHS"
+    NAME_PARAM = "NAME"
+    DEVICE = "DEVICE"
+    BATCH_SIZE = "BATCH_SIZE"
+    CHIP_SIZE = "CHIP_SIZE"
+    LEARNING_RATE = "LEARNING_RATE"
+    MAX_MINUTES = "MAX_MINUTES"
+    OUTPUT_FOLDER = "OUTPUT_FOLDER"
+
+    NAME = "trainmodel"
+    DISPLAY_NAME = "Train a building model"
+    GROUP = GROUP_TRAIN
+    HELP = (
+        "Trains a new building segmentation model from one or more rasters and a polygon layer of the buildings "
+        "you digitized on them.\n\n<b>Area digitized</b> (optional): polygons outlining where every building was "
+        "drawn; pixels outside are ignored, so unlabelled areas do not teach the model that buildings are ground. "
+        "Without it, the whole raster counts as labelled.\n<b>Architecture</b>: unet_mobilenetv2 is fastest on a CPU.\n"
+        "A part of the chips is held out for validation; the best epoch is kept.\n\n"
+        "Outputs: the new model card (the model appears in Detect buildings at once), its validation metrics and a "
+        "training report PNG with loss and score curves."
+    )
+
+    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
+        self.addParameter(
+            QgsProcessingParameterMultipleLayers(self.INPUT, self.tr("Raster(s)"), QgsProcessing.SourceType.TypeRaster)
+        )
+        polygon = [QgsProcessing.SourceType.TypeVectorPolygon]
+        self.addParameter(QgsProcessingParameterFeatureSource(self.BUILDINGS, self.tr("Building polygons"), polygon))
+        self.addParameter(
+            QgsProcessingParameterFeatureSource(self.AOI, self.tr("Area digitized (optional)"), polygon, optional=True)
+        )
+        self.add_model_parameter()
+        self.addParameter(
+            QgsProcessingParameterNumber(self.EPOCHS, self.tr("Epochs"), QgsProcessingParameterNumber.Type.Integer, 20, minValue=1, maxValue=1000)
+        )
+        self.addParameter(QgsProcessingParameterString(self.NAME_PARAM, self.tr("New model name"), "my_buildings"))
+        self.addParameter(
+            QgsProcessingParameterEnum(self.DEVICE, self.tr("Device"), options=DEVICES, defaultValue="auto", usesStaticStrings=True)
+        )
+        advanced = [
+            QgsProcessingParameterNumber(self.BATCH_SIZE, self.tr("Batch size"), QgsProcessingParameterNumber.Type.Integer, 8, minValue=1, maxValue=256),
+            QgsProcessingParameterNumber(self.CHIP_SIZE, self.tr("Chip size (pixels, multiple of 32)"), QgsProcessingParameterNumber.Type.Integer, 256, minValue=64, maxValue=2048),
+            QgsProcessingParameterNumber(self.LEARNING_RATE, self.tr("Learning rate"), QgsProcessingParameterNumber.Type.Double, self.default_learning_rate(), minValue=1e-6, maxValue=1.0),
+            QgsProcessingParameterNumber(self.MAX_MINUTES, self.tr("Stop after (minutes, 0: no limit)"), QgsProcessingParameterNumber.Type.Double, 0.0, minValue=0.0),
+            QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, self.tr("Model folder (empty: user model folder)"), optional=True, createByDefault=False),
+        ]
+        for parameter in advanced:
+            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
+            self.addParameter(parameter)
+        self.addOutput(QgsProcessingOutputFile("MODEL_CARD", self.tr("Model card")))
+        self.addOutput(QgsProcessingOutputFile("REPORT", self.tr("Training report (PNG)")))
+        self.addOutput(QgsProcessingOutputString("METRICS", self.tr("Validation metrics (JSON)")))
+        self.addOutput(QgsProcessingOutputString("MODEL_NAME", self.tr("Model name")))
+        self.addOutput(QgsProcessingOutputNumber("BEST_EPOCH", self.tr("Best epoch")))
+
+    def add_model_parameter(self) -> None:
+        self.addParameter(
+            QgsProcessingParameterEnum(
+                self.ARCHITECTURE, self.tr("Architecture"), options=ARCHITECTURES, defaultValue=ARCHITECTURES[0],
+                usesStaticStrings=True,
+            )
+        )
+
+    def default_learning_rate(self) -> float:
+        return 1e-3
+
+    def model_settings(self, parameters: dict[str, Any], context: QgsProcessingContext) -> dict[str, Any]:
+        """TrainingConfig fields that differ between training and fine-tuning."""
+        return {"arch": self.parameterAsEnumString(parameters, self.ARCHITECTURE, context) or ARCHITECTURES[0]}
+
+    def perform(
+        self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> dict[str, Any]:
+        from ..core.training import TrainingConfig, TrainingPair, train_model
+
+        rasters = self.parameterAsLayerList(parameters, self.INPUT, context)
+        if not rasters:
+            raise QgsProcessingException("Pick at least one raster layer with the buildings you digitized.")
+        for layer in rasters:
+            if layer.providerType() != "gdal":
+                raise QgsProcessingException(f"Raster '{layer.name()}' is not a file; save it as a GeoTIFF first.")
+        if self.parameterAsSource(parameters, self.BUILDINGS, context) is None:
+            raise QgsProcessingException(self.invalidSourceError(parameters, self.BUILDINGS))
+        labels = self.parameterAsCompatibleSourceLayerPath(parameters, self.BUILDINGS, context, VECTOR_FORMATS, "gpkg", feedback)
+        aoi = None
+        if self.parameterAsSource(parameters, self.AOI, context) is not None:
+            aoi = self.parameterAsCompatibleSourceLayerPath(parameters, self.AOI, context, VECTOR_FORMATS, "gpkg", feedback)
+        name = self.parameterAsString(parameters, self.NAME_PARAM, context).strip()
+        if not name or any(c in name for c in '/\\:*?"<>| '):
+            raise QgsProcessingException("Give the model a name without spaces or / \\ : * ? \" < > | (e.g. my_town).")
+        out_folder = self.parameterAsString(parameters, self.OUTPUT_FOLDER, context) or None
+        max_minutes = self.parameterAsDouble(parameters, self.MAX_MINUTES, context)
+        pairs = [
+            TrainingPair(raster=Path(layer.source().split("|")[0]), labels=Path(labels), aoi=Path(aoi) if aoi else None)
+            for layer in rasters
+        ]
+        config = TrainingConfig(
+            out_name=name,
+            epochs=self.parameterAsInt(parameters, self.EPOCHS, context),
+            batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
+            chip_size=self.parameterAsInt(parameters, self.CHIP_SIZE, context),
+            lr=self.parameterAsDouble(parameters, self.LEARNING_RATE, context),
+            device=self.parameterAsEnumString(parameters, self.DEVICE, context) or "auto",
+            out_dir=Path(out_folder) if out_folder else None,
+            max_minutes=max_minutes if max_minutes > 0 else None,
+            training_command=f"QGIS Processing footprint:{self.NAME}",
+            **self.model_settings(parameters, context),
+        )
+        adapter = FeedbackAdapter(feedback)
+        result = train_model(pairs, config, progress=adapter.progress, is_canceled=adapter.is_canceled, log=feedback.pushInfo)
+        metrics = json.dumps(result.metrics, default=str)
+        feedback.pushInfo(f"Model card: {result.card_path}")
+        feedback.pushInfo(f"Best epoch: {result.best_epoch}; metrics: {metrics}")
+        report = str(result.report_png) if result.report_png and Path(result.report_png).exists() else None
+        if report:
+            feedback.pushInfo(f"Training report: {report}")
+            if hasattr(feedback, "pushFormattedMessage"):
+                feedback.pushFormattedMessage(f'<img src="{Path(report).as_uri()}" width="640">', f"Training report: {report}")
+        return {
+            "MODEL_CARD": str(result.card_path),
+            "REPORT": report,
+            "METRICS": metrics,
+            "MODEL_NAME": name,
+            "BEST_EPOCH": result.best_epoch,
+        }

@@ -1,0 +1,259 @@
+#!/usr/bin/env python3
+"""Inference benchmark: prints one table row per architecture and precision.
+
+Columns: end-to-end MP/s on a synthetic 4096 x 4096 x 3 raster (read, scale, infer, blend,
+write with overviews; 512 px tiles, 64 px = 12.5 % overlap), model-only MP/s (batches of
+512 px tiles), peak RSS of the end-to-end run (each run is a fresh subprocess), the model's
+FLOPs per megapixel counted here, and the matmul GFLOP/s measured in this same run, which
+give the "physical limit" MP/s a perfectly efficient implementation could reach.
+
+    python scripts/bench_inference.py                 # all architectures, CPU
+    python scripts/bench_inference.py --quick --arch unet_mobilenetv2
+    python scripts/bench_inference.py --big           # 20000 x 20000 x 3 raster, peak RSS check
+
+Rasters are written to /tmp (never into the repository). Weights are random (speed does not
+depend on them); the bf16 column shows how often bf16 and fp32 masks disagree for these weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+TILE, OVERLAP = 512, 64
+BENCH_DIR = Path(os.environ.get("FOOTPRINT_BENCH_DIR", tempfile.gettempdir())) / "footprint_bench"
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def make_raster(size: int) -> Path:
+    """A tiled, deflate-compressed synthetic RGB GeoTIFF (cached between runs)."""
+    import rasterio
+    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+
+    BENCH_DIR.mkdir(parents=True, exist_ok=True)
+    path = BENCH_DIR / f"rgb_{size}.tif"
+    if path.exists():
+        return path
+    rng = np.random.default_rng(0)
+    block = rng.normal(100, 20, (3, 512, 512)).clip(0, 255).astype(np.uint8)
+    block[:, 100:220, 80:300] = 200  # a 'roof'
+    tmp = path.with_suffix(".partial.tif")
+    profile = dict(driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs="EPSG:32631",
+                   transform=from_origin(600000, 5750000, 0.5, 0.5), tiled=True, blockxsize=256,
+                   blockysize=256, compress="deflate", photometric="RGB")
+    with rasterio.open(tmp, "w", **profile) as dst:
+        for row in range(0, size, 512):
+            for col in range(0, size, 512):
+                h, w = min(512, size - row), min(512, size - col)
+                dst.write(np.roll(block, (row // 512) * 37, axis=2)[:, :h, :w], window=Window(col, row, w, h))
+    os.replace(tmp, path)
+    return path
+
+
+def make_big_vrt(size: int = 20000) -> Path:
+    """A size x size x 3 VRT mosaic that repeats one 2048 px tiled GeoTIFF (cheap to create, real reads)."""
+    import rasterio
+
+    source = make_raster(2048)
+    path = BENCH_DIR / f"rgb_{size}.vrt"
+    with rasterio.open(source) as ds:
+        gt = ds.transform.to_gdal()
+        wkt = ds.crs.to_wkt()
+    bands = []
+    for band in (1, 2, 3):
+        sources = []
+        for row in range(0, size, 2048):
+            for col in range(0, size, 2048):
+                w, h = min(2048, size - col), min(2048, size - row)
+                sources.append(
+                    f'<SimpleSource><SourceFilename relativeToVRT="0">{source}</SourceFilename>'
+                    f"<SourceBand>{band}</SourceBand>"
+                    f'<SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/>'
+                    f'<DstRect xOff="{col}" yOff="{row}" xSize="{w}" ySize="{h}"/></SimpleSource>'
+                )
+        bands.append(f'<VRTRasterBand dataType="Byte" band="{band}">{"".join(sources)}</VRTRasterBand>')
+    path.write_text(
+        f'<VRTDataset rasterXSize="{size}" rasterYSize="{size}"><SRS>{wkt}</SRS>'
+        f"<GeoTransform>{', '.join(repr(v) for v in gt)}</GeoTransform>{''.join(bands)}</VRTDataset>"
+    )
+    return path
+
+
+def bench_card(architecture: str):
+    from footprint_plugin.core.modelcard import ModelCard
+
+    return ModelCard(name=f"bench_{architecture}", architecture=architecture, in_channels=3, out_channels=1,
+                     band_roles=["red", "green", "blue"], tile_size=TILE, overlap=OVERLAP, gsd_m=0.5)
+
+
+def random_model(architecture: str) -> torch.nn.Module:
+    from footprint_plugin.core.models import create_model
+
+    torch.manual_seed(0)
+    return create_model(architecture, 3, 1).eval()
+
+
+def count_gflop_per_mp(model: torch.nn.Module) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(1, 3, TILE, TILE)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model(x)
+    return counter.get_total_flops() / 1e9 / (TILE * TILE / 1e6)
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
+
+
+def model_only(architecture: str, precision: str, device: str, reps: int, batch: int = 2) -> dict:
+    from footprint_plugin.core.device import select_device
+    from footprint_plugin.core.inference import TileRunner, prepare_model
+
+    choice = select_device(device)
+    net = prepare_model(random_model(architecture), choice)
+    runner = TileRunner(net, choice, precision, "none", False, True)
+    rng = np.random.default_rng(1)
+    x = rng.normal(0, 1, (batch, 3, TILE, TILE)).astype(np.float32)
+    runner.run(x)  # warm-up: oneDNN builds its kernels on the first call
+    if choice.kind == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(reps):
+        out = runner.run(x)
+    seconds = (time.perf_counter() - start) / reps
+    result = {"model_mps": batch * TILE * TILE / 1e6 / seconds}
+    if precision == "bf16":
+        reference = runner.run(x, "fp32")
+        result["mask_disagreement"] = float(np.mean((reference >= 0.5) != (out >= 0.5)))
+    return result
+
+
+def end_to_end(architecture: str, precision: str, device: str, raster: Path) -> dict:
+    from footprint_plugin.core.inference import InferenceOptions, predict_raster
+
+    out = BENCH_DIR / f"prob_{architecture}_{precision}.tif"
+    options = InferenceOptions(device=device, precision=precision)
+    result = predict_raster(raster, bench_card(architecture), out, options, model=random_model(architecture))
+    out.unlink(missing_ok=True)
+    return {
+        "e2e_mps": result.megapixels / result.seconds,
+        "seconds": result.seconds,
+        "megapixels": result.megapixels,
+        "peak_rss_mb": peak_rss_mb(),
+        "precision": result.precision,
+        "device": result.device_name,
+    }
+
+
+def child(args: argparse.Namespace) -> None:
+    args.precision = args.precision[0]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.child == "e2e":
+        raster = make_big_vrt() if args.big else make_raster(args.size)
+        print(json.dumps(end_to_end(args.arch[0], args.precision, args.device, raster)))
+    else:
+        print(json.dumps(model_only(args.arch[0], args.precision, args.device, args.reps)))
+
+
+def run_child(kind: str, arch: str, precision: str, args: argparse.Namespace, big: bool = False) -> dict:
+    command = [sys.executable, __file__, "--child", kind, "--arch", arch, "--precision", precision,
+               "--device", args.device, "--size", str(args.size), "--reps", str(args.reps)]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    if big:
+        command.append("--big")
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        sys.stderr.write(done.stderr[-3000:])
+        return {}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    from footprint_plugin.core.device import cpu_supports_bf16, select_device
+    from footprint_plugin.core.models import ARCHITECTURES
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", nargs="+", default=list(ARCHITECTURES), choices=list(ARCHITECTURES))
+    parser.add_argument("--quick", action="store_true", help="2048 px raster and fewer repetitions")
+    parser.add_argument("--big", action="store_true", help="only the 20000 x 20000 x 3 peak-RSS run")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", nargs="+", default=None, help="default: fp32, plus bf16 where native")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--child", choices=["e2e", "model"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+    if args.quick:
+        args.size, args.reps = min(args.size, 2048), 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    choice = select_device(args.device)
+    native_bf16 = cpu_supports_bf16() if choice.kind == "cpu" else choice.kind == "cuda"
+    precisions = args.precision or (["fp32", "bf16"] if native_bf16 else ["fp32"])
+    print(f"device: {choice.name}  {choice.note}")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}, "
+          f"native bf16: {native_bf16}")
+
+    if args.big:
+        arch = args.arch[0] if len(args.arch) == 1 else "unet_mobilenetv2"
+        precision = precisions[-1]
+        make_big_vrt()
+        row = run_child("e2e", arch, precision, args, big=True)
+        print(f"20000 x 20000 x 3 uint8 VRT, {arch} {row.get('precision')}: {row.get('seconds', 0):.0f} s, "
+              f"{row.get('e2e_mps', 0):.2f} MP/s, peak RSS {row.get('peak_rss_mb', 0):.0f} MB "
+              f"({'under' if row.get('peak_rss_mb', 1e9) < 3072 else 'OVER'} 3 GB)")
+        return
+
+    make_raster(args.size)
+    gflops = {"fp32": matmul_gflops(torch.float32)}
+    if "bf16" in precisions:
+        gflops["bf16"] = matmul_gflops(torch.bfloat16)
+    print("matmul GFLOP/s (2048^3, same run): " + ", ".join(f"{k} {v:.0f}" for k, v in gflops.items()))
+    print(f"end to end: {args.size} x {args.size} x 3 uint8 tiled GeoTIFF, tiles {TILE} px, overlap {OVERLAP} px")
+    header = (f"{'architecture':22} {'prec':5} {'e2e MP/s':>9} {'model MP/s':>10} {'peak RSS MB':>11} "
+              f"{'GFLOP/MP':>9} {'limit MP/s':>10} {'model/limit':>11} {'bf16 mask diff':>14}")
+    print(header)
+    print("-" * len(header))
+    for arch in args.arch:
+        flop = count_gflop_per_mp(random_model(arch))
+        for precision in precisions:
+            model = run_child("model", arch, precision, args)
+            e2e = run_child("e2e", arch, precision, args)
+            limit = gflops.get(precision, gflops["fp32"]) / flop
+            diff = model.get("mask_disagreement")
+            print(f"{arch:22} {e2e.get('precision', precision):5} {e2e.get('e2e_mps', float('nan')):9.2f} "
+                  f"{model.get('model_mps', float('nan')):10.2f} {e2e.get('peak_rss_mb', float('nan')):11.0f} "
+                  f"{flop:9.1f} {limit:10.2f} {model.get('model_mps', float('nan')) / limit:11.0%} "
+                  f"{'' if diff is None else f'{diff:.2%}':>14}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Helpers for the QGIS-layer tests: import the repo as the `building_footprints` plugin package,
+a Plugins menu for pytest-qgis's iface, waiting for tasks, and a tiny random-weight model."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PLUGIN_NAME = "building_footprints"
+_LINK_DIR = Path(tempfile.mkdtemp(prefix="footprint_plugin_link_"))
+
+
+def import_plugin_package():
+    """The repository imported under the name QGIS gives the installed plugin (a symlink, no copy)."""
+    if PLUGIN_NAME in sys.modules:
+        return sys.modules[PLUGIN_NAME]
+    link = _LINK_DIR / PLUGIN_NAME
+    if not link.exists():
+        link.symlink_to(REPO_ROOT, target_is_directory=True)
+    if str(_LINK_DIR) not in sys.path:
+        sys.path.insert(0, str(_LINK_DIR))
+    return importlib.import_module(PLUGIN_NAME)
+
+
+def install_plugins_menu(iface):
+    """pytest-qgis's iface has no removePluginMenu; give it a real Plugins menu like QGIS's."""
+    from qgis.PyQt.QtWidgets import QMenu
+
+    menu_bar = iface.mainWindow().menuBar()
+    plugins_menu = QMenu("&Plugins", menu_bar)
+    menu_bar.addMenu(plugins_menu)
+    submenus: dict = {}
+
+    def add_plugin_to_menu(name, action):
+        if name not in submenus:
+            submenus[name] = plugins_menu.addMenu(name)
+        submenus[name].addAction(action)
+
+    def remove_plugin_menu(name, action):
+        submenu = submenus.get(name)
+        if submenu is not None:
+            submenu.removeAction(action)
+            if not submenu.actions():
+                plugins_menu.removeAction(submenu.menuAction())
+                del submenus[name]
+
+    iface.addPluginToMenu = add_plugin_to_menu
+    iface.removePluginMenu = remove_plugin_menu
+    iface.plugins_menu = plugins_menu
+    return plugins_menu
+
+
+def wait_until(condition, limit_s: float = 300.0, step_s: float = 0.05) -> bool:
+    """Spin the Qt event loop until condition() is true (the limit only guards against hangs)."""
+    from qgis.PyQt.QtCore import QCoreApplication
+
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        QCoreApplication.processEvents()
+        if condition():
+            return True
+        time.sleep(step_s)
+    return False
+
+
+def make_tiny_model(folder: Path | None = None, name: str = "tiny_test_model", in_channels: int = 3, **card_fields):
+    """A random-weight mobile U-Net saved with a card, for exercising the plumbing (not the accuracy)."""
+    import torch
+
+    from footprint_plugin.core import zoo
+    from footprint_plugin.core.modelcard import ModelCard, user_model_dir
+    from footprint_plugin.core.models import create_model
+
+    torch.manual_seed(0)
+    architecture = card_fields.pop("architecture", "unet_mobilenetv2")
+    model = create_model(architecture, in_channels, 1)
+    defaults = dict(
+        name=name,
+        architecture=architecture,
+        in_channels=in_channels,
+        out_channels=1,
+        band_roles=["red", "green", "blue"][:in_channels] if in_channels <= 3 else [f"b{i}" for i in range(in_channels)],
+        sensor="EO",
+        scaling={"method": "percentile", "low": 2, "high": 98},
+        gsd_m=0.5,
+        tile_size=256,
+        overlap=32,
+        threshold=0.5,
+        tta="d4",
+        allow_panchromatic=True,
+        description="Random weights, for tests only.",
+    )
+    defaults.update(card_fields)
+    card = ModelCard(**defaults)
+    return zoo.save_model(model, card, folder or user_model_dir())

@@ -1,0 +1,171 @@
+"""GUI in real QGIS (offscreen): Detect buildings from the toolbar action through the task manager, cancel,
+training dialog, model manager and dependency installer."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from qgis.core import Qgis, QgsLayerTreeGroup, QgsProject, QgsRasterLayer
+
+from tests.qgis_helpers import import_plugin_package, install_plugins_menu, make_tiny_model, wait_until
+
+SPACENET_SAMPLE = "eo/spacenet4_atlanta_pan/tiles/sample_geotiff.tif"
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("gui_models")
+    make_tiny_model(folder)
+    return folder
+
+
+@pytest.fixture
+def plugin(qgis_iface, qgis_processing, qgis_new_project, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("FOOTPRINT_USER_MODELS", str(tiny_model_dir))
+    menu = install_plugins_menu(qgis_iface)
+    instance = import_plugin_package().classFactory(qgis_iface)
+    instance.initGui()
+    yield instance
+    instance.unload()
+    qgis_iface.mainWindow().menuBar().removeAction(menu.menuAction())
+
+
+def _load_active_raster(iface, path: Path) -> QgsRasterLayer:
+    layer = QgsRasterLayer(str(path), path.stem)
+    assert layer.isValid()
+    QgsProject.instance().addMapLayer(layer)
+    iface.setActiveLayer(layer)
+    return layer
+
+
+def _open_detect_dialog(plugin, output: Path, **settings):
+    plugin.detect_action.trigger()
+    dialog = plugin._dialogs["detect"]
+    assert dialog.isVisible()
+    dialog.modelCombo.setCurrentIndex(dialog.modelCombo.findData("tiny_test_model"))
+    # Random weights: a very low threshold guarantees polygons.
+    dialog.thresholdSpin.setValue(settings.get("threshold", 0.01))
+    dialog.minAreaSpin.setValue(1.0)
+    dialog.ttaCheck.setChecked(settings.get("tta", False))
+    dialog.deviceCombo.setCurrentText("cpu")
+    dialog.outputEdit.setText(str(output))
+    return dialog
+
+
+def test_detect_action_runs_task_and_adds_two_layers(plugin, qgis_iface, shared_data, tmp_path):
+    raster = sorted((shared_data / "eo" / "hotosm_kampala" / "tiles").glob("OAM-*-19.tif"))[0]
+    layer = _load_active_raster(qgis_iface, raster)
+    dialog = _open_detect_dialog(plugin, tmp_path / "buildings.gpkg")
+    assert "tiny_test_model" in dialog.cardBrowser.toPlainText()
+    assert dialog.deviceInfo.text()  # names the CPU (or GPU) and why
+    dialog.accept()
+    run = plugin.last_run
+    assert run is not None and wait_until(lambda: run.done), "task never finished"
+    assert run.succeeded, run.error_text()
+    group = QgsProject.instance().layerTreeRoot().findGroup(layer.name())
+    assert isinstance(group, QgsLayerTreeGroup)
+    names = sorted(node.layer().name() for node in group.findLayers())
+    assert names == ["Building probability", "Buildings"]
+    assert all(node.layer().isValid() for node in group.findLayers())
+    assert (tmp_path / "buildings.gpkg").is_file() and (tmp_path / "buildings_probability.tif").is_file()
+    messages = qgis_iface.messageBar().get_messages(Qgis.MessageLevel.Success)
+    assert any("buildings found" in m and "MP/s" in m for m in messages), messages
+
+
+def test_cancel_mid_run_adds_nothing_and_leaves_no_files(plugin, qgis_iface, shared_data, tmp_path):
+    _load_active_raster(qgis_iface, shared_data / SPACENET_SAMPLE)
+    layers_before = set(QgsProject.instance().mapLayers())
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    dialog = _open_detect_dialog(plugin, out_dir / "buildings.gpkg", tta=True)  # d4: 8 passes, slow enough to cancel
+    dialog.accept()
+    run = plugin.last_run
+    assert wait_until(lambda: run.done or run.feedback.progress() > 0), "no progress reported"
+    assert not run.done, "finished before it could be canceled"
+    import time
+
+    canceled_at = time.monotonic()
+    run.cancel()
+    assert wait_until(lambda: run.done), "cancel did not stop the task"
+    print(f"cancel took {time.monotonic() - canceled_at:.2f} s, progress {run.feedback.progress():.1f}")
+    assert not run.succeeded
+    assert set(QgsProject.instance().mapLayers()) == layers_before
+    assert list(out_dir.iterdir()) == []
+
+
+def test_train_dialog_trains_and_new_model_is_listed(plugin, qgis_iface, shared_data, tmp_path):
+    from qgis.core import QgsVectorLayer
+
+    kampala = shared_data / "eo" / "hotosm_kampala"
+    raster = sorted((kampala / "tiles").glob("OAM-*-19.tif"))[0]
+    _load_active_raster(qgis_iface, raster)
+    labels = QgsVectorLayer(str(kampala / "labels.geojson"), "digitized", "ogr")
+    QgsProject.instance().addMapLayer(labels)
+    plugin.show_train_dialog()
+    dialog = plugin._dialogs["train"]
+    dialog.newRadio.setChecked(True)
+    dialog.architectureCombo.setCurrentText("unet_mobilenetv2")
+    dialog.epochsSpin.setValue(1)
+    dialog.deviceCombo.setCurrentText("cpu")
+    dialog.nameEdit.setText("gui_trained")
+    assert dialog.buildingsCombo.currentData() == labels.id()
+    run = dialog.start()
+    assert run is not None, dialog.statusLabel.text()
+    assert wait_until(lambda: run.done), "training never finished"
+    assert run.succeeded, dialog.statusLabel.text()
+    assert not dialog.reportLabel.pixmap().isNull()
+    # A new Detect dialog lists the new model without restarting.
+    plugin.detect_action.trigger()
+    assert plugin._dialogs["detect"].modelCombo.findData("gui_trained") >= 0
+
+
+def test_model_manager_imports_and_deletes(plugin, tmp_path, tiny_model_dir):
+    from building_footprints.footprint_plugin.gui.model_manager import delete_user_model, import_card_and_weights
+
+    from footprint_plugin.core.modelcard import list_models
+
+    source = tmp_path / "download"
+    make_tiny_model(source, name="downloaded_model")
+    plugin.show_model_manager()
+    dialog = plugin._dialogs["models"]
+    card = import_card_and_weights(source / "downloaded_model.json")
+    dialog.refresh(select=card.name)
+    assert dialog.selected_card().name == "downloaded_model"
+    assert "downloaded_model" in dialog.card_view.toPlainText()
+    assert dialog.delete_button.isEnabled()
+    delete_user_model(dialog.selected_card())
+    dialog.refresh()
+    assert "downloaded_model" not in {c.name for c in list_models()}
+    assert not (tiny_model_dir / "downloaded_model.pt").exists()
+
+
+def test_spacenet6_baseline_import(plugin, tmp_path):
+    import torch
+    from building_footprints.footprint_plugin.gui.model_manager import import_spacenet6_baseline
+
+    from footprint_plugin.core.models import create_model
+
+    baseline = create_model("unet_vgg11", 4, 1)
+    checkpoint = tmp_path / "fold0_best.pth"
+    torch.save({"epoch": 3, "state_dict": {"module." + k: v for k, v in baseline.state_dict().items()}}, checkpoint)
+    card = import_spacenet6_baseline(checkpoint, "sn6_baseline_test")
+    assert (card.architecture, card.in_channels, card.sensor) == ("unet_vgg11", 4, "SAR")
+    assert card.band_roles == ["HH", "HV", "VH", "VV"] and card.weights_path.is_file()
+
+
+@pytest.mark.parametrize("exit_code", [0, 1])
+def test_dependency_installer_runs_pip_without_blocking(plugin, monkeypatch, exit_code):
+    from building_footprints.footprint_plugin import deps
+    from building_footprints.footprint_plugin.gui.dependency_installer import DependencyInstallerDialog
+
+    script = f"import sys; print('Collecting torch'); print('pip says hello'); sys.exit({exit_code})"
+    monkeypatch.setattr(deps, "pip_install_command", lambda packages=None, cuda=False: [sys.executable, "-c", script])
+    dialog = DependencyInstallerDialog()
+    dialog.start_install()
+    assert dialog.process is not None  # returned at once; pip runs in the background
+    assert wait_until(lambda: dialog.process is None, limit_s=60)
+    assert "pip says hello" in dialog.output.toPlainText()
+    assert dialog.output.isVisibleTo(dialog) == (exit_code != 0)
+    dialog.close()

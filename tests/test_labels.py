@@ -1,0 +1,168 @@
+"""Labels, targets, chips, split and augmentation of the training engine (small synthetic data)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import shapely
+from affine import Affine
+from rasterio.transform import from_origin
+
+from footprint_plugin.core.augment import AugmentOptions, augment_chip
+from footprint_plugin.core.chips import ChipSampler, PreparedRaster, assign_spatial_blocks, read_at_gsd
+from footprint_plugin.core.errors import InputError
+from footprint_plugin.core.labels import clip_ground_truth, load_labels, rasterize_region, rasterize_targets
+from footprint_plugin.core.vector_io import write_polygons
+
+UTM = "EPSG:32631"
+TRANSFORM = from_origin(600000.0, 5750000.0, 0.5, 0.5)
+
+
+def box_px(col0, row0, col1, row1, transform=TRANSFORM):
+    """A box given in pixel coordinates, returned in CRS coordinates."""
+    (x0, y0), (x1, y1) = transform * (col0, row0), transform * (col1, row1)
+    return shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+
+
+def test_targets_footprint_boundary_contact():
+    # Two 20 px squares 2 px (1 m) apart, and a lone one far away.
+    geoms = [box_px(10, 10, 30, 30), box_px(32, 10, 52, 30), box_px(70, 70, 90, 90)]
+    targets = rasterize_targets(geoms, TRANSFORM, (100, 100), ("footprint", "boundary", "contact"), 0.5, 1.0, 2.0)
+    footprint, boundary, contact = targets
+    assert footprint.sum() == 3 * 400
+    # Contact: only in the gap between the two close buildings, never inside a building.
+    assert contact[15:25, 30:32].all()
+    assert contact[:, 60:].sum() == 0
+    assert (contact & footprint).sum() == 0
+    # Boundary: a band on the outline (1 m = 2 px wide), not the building interior.
+    assert boundary[20, 10] == 1 and boundary[20, 29] == 1 and boundary[20, 20] == 0
+    assert boundary[80, 80] == 0 and boundary[70, 80] == 1
+
+
+def test_labels_in_another_crs_are_reprojected(tmp_path):
+    from rasterio.warp import transform_geom
+
+    geoms = [box_px(10, 10, 30, 30), box_px(50, 40, 80, 60)]
+    wgs84 = [shapely.geometry.shape(transform_geom(UTM, "EPSG:4326", shapely.geometry.mapping(g))) for g in geoms]
+    path = write_polygons(tmp_path / "labels.geojson", wgs84, [{"building": "yes"}] * 2, "EPSG:4326")
+    from rasterio.crs import CRS
+
+    labels = load_labels(path, CRS.from_string(UTM).to_wkt())
+    targets = rasterize_targets(labels.geometries, TRANSFORM, (100, 100), ("footprint",), 0.5)[0]
+    expected = rasterize_targets(geoms, TRANSFORM, (100, 100), ("footprint",), 0.5)[0]
+    assert (targets != expected).sum() <= 4  # a few edge pixels from 1e-7 degree rounding at most
+    assert targets.sum() == pytest.approx(400 + 600, abs=4)
+
+
+def test_invalid_label_is_repaired_and_counted(tmp_path):
+    bowtie = shapely.Polygon([(600000, 5749990), (600010, 5749980), (600010, 5749990), (600000, 5749980)])
+    assert not bowtie.is_valid
+    path = write_polygons(tmp_path / "bad.gpkg", [bowtie, box_px(40, 40, 60, 60)], [{}, {}], UTM)
+    labels = load_labels(path, None)
+    assert labels.n_fixed == 1
+    assert all(g.is_valid for g in labels.geometries)
+
+
+def test_empty_label_layer_is_an_error(tmp_path):
+    path = write_polygons(tmp_path / "empty.gpkg", [], [], UTM, fields={"building": str})
+    with pytest.raises(InputError, match="no building polygons"):
+        load_labels(path, None)
+
+
+def test_aoi_region_and_ground_truth_clipping():
+    aoi = [box_px(0, 0, 50, 100)]
+    inside = rasterize_region(aoi, TRANSFORM, (100, 100))
+    assert inside[:, :50].all() and not inside[:, 50:].any()
+    buildings = [box_px(10, 10, 20, 20), box_px(45, 10, 65, 20), box_px(70, 70, 80, 80)]
+    kept = clip_ground_truth(buildings, TRANSFORM, inside)
+    # Mostly inside (1st), half inside (25 %, dropped), outside (dropped).
+    assert kept == [buildings[0]]
+
+
+def _prepared(name, shape, transform, positives=None, crs=UTM) -> PreparedRaster:
+    targets = np.zeros((1, *shape), np.uint8)
+    if positives is not None:
+        targets[0] = positives
+    return PreparedRaster(
+        name=name, path=None, image=np.zeros((3, *shape), np.float32), targets=targets,
+        supervised=np.ones(shape, bool), transform=transform, crs_wkt=crs, labels=[], source_gsd_m=0.5,
+    )
+
+
+def test_spatial_blocks_put_the_same_ground_on_the_same_side():
+    # The same 200 m x 100 m of ground at 0.5 m and at 0.25 m (like OAM z19 and z20 mosaics).
+    coarse = _prepared("area", (200, 400), TRANSFORM)
+    fine = _prepared("area", (400, 800), from_origin(600000.0, 5750000.0, 0.25, 0.25))
+    other = _prepared("elsewhere", (100, 100), from_origin(700000.0, 5750000.0, 0.5, 0.5))
+    assign_spatial_blocks([coarse, fine, other], 0.25)
+    assert coarse.val_mask.mean() == pytest.approx(0.25, abs=0.03)
+    assert other.val_mask.mean() == pytest.approx(0.25, abs=0.05)
+    # Strip along the long (x) axis at the east end, identical on the ground in both rasters.
+    assert coarse.val_mask[:, -1].all() and not coarse.val_mask[:, 0].any()
+    cut_coarse = np.argmax(coarse.val_mask[0]) * 0.5
+    cut_fine = np.argmax(fine.val_mask[0]) * 0.25
+    assert abs(cut_coarse - cut_fine) <= 1.0
+    # Training windows never touch held-out pixels.
+    sampler = ChipSampler([coarse], chip_size=64, empty_chip_ratio=1.0)
+    for window in sampler.sample(40, np.random.default_rng(0)):
+        _, _, weight = sampler.extract(window)
+        held = coarse.val_mask[max(window.row, 0) : window.row + 64, max(window.col, 0) : window.col + 64]
+        assert not (weight[: held.shape[0], : held.shape[1]].astype(bool) & held).any()
+
+
+def test_empty_chips_are_undersampled():
+    positives = np.zeros((512, 512), np.uint8)
+    positives[:64, :64] = 1  # buildings in one corner only: most random windows are empty
+    raster = _prepared("a", (512, 512), TRANSFORM, positives)
+    sampler = ChipSampler([raster], chip_size=64, empty_chip_ratio=0.25)
+    windows = sampler.sample(40, np.random.default_rng(1))
+    assert len(windows) == 40
+    assert sum(not w.has_buildings for w in windows) == 10
+
+
+def test_augmentation_sar_only_flips_left_right_and_eo_grayscale():
+    image = np.zeros((1, 8, 8), np.float32)
+    image[0, 0, 0] = 1.0  # top-left corner marker
+    targets = image.copy()
+    weight = np.ones((8, 8), np.float32)
+    rng = np.random.default_rng(0)
+    corners = set()
+    for _ in range(50):
+        out, out_targets, _ = augment_chip(image, targets, weight, rng, AugmentOptions.for_sensor("SAR"))
+        assert np.array_equal(out, out_targets)
+        corners.add(tuple(np.argwhere(out[0] == 1.0)[0]))
+    assert corners == {(0, 0), (0, 7)}  # never mirrored top-bottom nor rotated
+
+    rgb = np.stack([np.full((8, 8), v, np.float32) for v in (0.2, 0.5, 0.8)])
+    options = AugmentOptions(grayscale_probability=1.0, brightness=0.0, contrast=0.0)
+    gray, _, _ = augment_chip(rgb, np.zeros((1, 8, 8), np.float32), weight, np.random.default_rng(3), options)
+    assert np.allclose(gray[0], gray[1]) and np.allclose(gray[1], gray[2])
+    # Same seed, same augmentation: training is reproducible.
+    a = augment_chip(rgb, targets, weight, np.random.default_rng(7), AugmentOptions())
+    b = augment_chip(rgb, targets, weight, np.random.default_rng(7), AugmentOptions())
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_read_at_model_gsd_resamples(make_geotiff):
+    from conftest import synthetic_buildings
+
+    image, _ = synthetic_buildings(256)
+    path = make_geotiff(image, transform=from_origin(600000.0, 5750000.0, 0.25, 0.25))
+    raw, valid, transform, source_gsd = read_at_gsd(path, 0.5)
+    assert raw.shape == (3, 128, 128) and valid.all()
+    assert source_gsd == pytest.approx(0.25, rel=0.01)
+    assert transform.a == pytest.approx(0.5) and transform.e == pytest.approx(-0.5)
+    # Within 2 % of the model GSD the pixels are left as they are.
+    raw, _, transform, _ = read_at_gsd(path, 0.251)
+    assert raw.shape == (3, 256, 256) and transform == Affine(0.25, 0, 600000.0, 0, -0.25, 5750000.0)
+
+
+def test_no_overlap_between_raster_and_labels(tmp_path, make_geotiff):
+    from footprint_plugin.core.chips import prepare_raster
+    from footprint_plugin.core.modelcard import ModelCard
+
+    path = make_geotiff(np.zeros((3, 64, 64), np.uint8) + 100)
+    far_away = write_polygons(tmp_path / "far.geojson", [shapely.box(0, 0, 10, 10)], [{}], UTM)
+    card = ModelCard("m", "unet_mobilenetv2", 3, 1, ["red", "green", "blue"], gsd_m=0.5)
+    with pytest.raises(InputError, match="overlaps"):
+        prepare_raster(path, far_away, None, "a", card, ["footprint"], 1.0)

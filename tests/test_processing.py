@@ -1,0 +1,187 @@
+"""Every footprint: algorithm through processing.run in real QGIS, on small real rasters and polygons."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from qgis.core import QgsApplication, QgsProcessingException, QgsRasterLayer, QgsVectorLayer
+
+from tests.qgis_helpers import make_tiny_model
+
+BUILDING_FIELDS = ["id", "score", "area_m2", "perimeter_m", "compactness", "regularized", "source", "model"]
+KAMPALA = "eo/hotosm_kampala"
+
+
+@pytest.fixture(scope="module")
+def provider(qgis_processing):
+    from footprint_plugin.processing.provider import FootprintProvider
+
+    registry = QgsApplication.processingRegistry()
+    provider = FootprintProvider()
+    assert registry.addProvider(provider)
+    yield provider
+    registry.removeProvider(provider)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("models")
+    make_tiny_model(folder)
+    return folder
+
+
+@pytest.fixture
+def tiny_model(tiny_model_dir, monkeypatch) -> str:
+    monkeypatch.setenv("FOOTPRINT_USER_MODELS", str(tiny_model_dir))
+    return "tiny_test_model"
+
+
+@pytest.fixture
+def kampala_tiles(shared_data) -> list[Path]:
+    return sorted((shared_data / KAMPALA / "tiles").glob("OAM-*-19.tif"))[:2]
+
+
+def run(algorithm_id: str, parameters: dict):
+    import processing
+
+    return processing.run(algorithm_id, parameters)
+
+
+def test_detect_buildings_writes_polygons_and_probability(provider, tiny_model, kampala_tiles, tmp_path):
+    raster = kampala_tiles[0]
+    # Random weights: a very low threshold makes sure polygons come out, so fields and CRS can be checked.
+    results = run(
+        "footprint:detectbuildings",
+        {
+            "INPUT": str(raster),
+            "MODEL": tiny_model,
+            "DEVICE": "cpu",
+            "THRESHOLD": 0.01,
+            "MIN_AREA": 1.0,
+            "OUTPUT": str(tmp_path / "buildings.gpkg"),
+            "PROBABILITY": str(tmp_path / "probability.tif"),
+        },
+    )
+    source = QgsRasterLayer(str(raster), "in")
+    buildings = QgsVectorLayer(str(results["OUTPUT"]), "b", "ogr")
+    assert buildings.isValid()
+    assert buildings.fields().names()[-len(BUILDING_FIELDS):] == BUILDING_FIELDS
+    assert buildings.crs() == source.crs()
+    assert buildings.featureCount() == results["N_BUILDINGS"] > 0
+    feature = next(buildings.getFeatures())
+    assert feature["source"] == raster.name and feature["model"].startswith(tiny_model)
+    assert feature["area_m2"] > 0 and feature.geometry().isGeosValid()
+    probability = QgsRasterLayer(results["PROBABILITY"], "p")
+    assert probability.isValid() and probability.crs() == source.crs()
+    assert (probability.width(), probability.height()) == (source.width(), source.height())
+    assert results["MP_PER_S"] > 0 and "cpu" in results["DEVICE_USED"].lower()
+
+
+def test_detect_buildings_to_memory_layer_with_extent(provider, tiny_model, kampala_tiles, tmp_path):
+    import processing
+    from qgis.core import QgsProcessingContext, QgsProcessingFeedback
+
+    source = QgsRasterLayer(str(kampala_tiles[0]), "in")
+    extent = source.extent()
+    half = f"{extent.xMinimum()},{extent.center().x()},{extent.yMinimum()},{extent.center().y()} [{source.crs().authid()}]"
+    context = QgsProcessingContext()
+    results = processing.run(
+        "footprint:detectbuildings",
+        {"INPUT": source, "MODEL": tiny_model, "THRESHOLD": 0.01, "MIN_AREA": 1.0, "EXTENT": half,
+         "OUTPUT": "TEMPORARY_OUTPUT", "PROBABILITY": str(tmp_path / "p.tif")},
+        context=context,
+        feedback=QgsProcessingFeedback(),
+    )
+    layer = results["OUTPUT"]
+    layer = layer if isinstance(layer, QgsVectorLayer) else context.getMapLayer(layer)
+    assert layer.isValid() and layer.featureCount() > 0
+    probability = QgsRasterLayer(results["PROBABILITY"], "p")
+    assert probability.width() < source.width() and probability.height() < source.height()
+    assert source.extent().contains(probability.extent().buffered(-1e-6))
+
+
+def test_detect_buildings_user_error_says_how_to_fix(provider, tiny_model, make_geotiff, tmp_path):
+    two_bands = make_geotiff(np.full((2, 64, 64), 100, np.uint8), name="two_bands.tif")  # the model wants 3
+    with pytest.raises(QgsProcessingException) as error:
+        run("footprint:detectbuildings", {"INPUT": str(two_bands), "MODEL": tiny_model, "OUTPUT": str(tmp_path / "b.gpkg")})
+    assert "band" in str(error.value).lower()
+    assert not (tmp_path / "b.gpkg").exists()
+
+
+def test_batch_detect_skips_a_corrupt_tile(provider, tiny_model, kampala_tiles, tmp_path):
+    folder = tmp_path / "tiles"
+    folder.mkdir()
+    for tile in kampala_tiles:
+        shutil.copy(tile, folder / tile.name)
+    (folder / "broken.tif").write_bytes(b"II*\x00 this is not really a GeoTIFF")
+    results = run(
+        "footprint:batchdetect",
+        {"FOLDER": str(folder), "PATTERN": "*.tif", "MODEL": tiny_model, "THRESHOLD": 0.01, "MIN_AREA": 1.0,
+         "OUTPUT": str(tmp_path / "merged.gpkg"), "PROBABILITY_FOLDER": str(tmp_path / "prob")},
+    )
+    assert results["N_TILES"] == 2 and results["N_SKIPPED"] == 1
+    assert "broken.tif" in results["SKIPPED"]
+    merged = QgsVectorLayer(str(results["OUTPUT"]), "m", "ogr")
+    assert merged.isValid() and "tile" in merged.fields().names()
+    assert {f["tile"] for f in merged.getFeatures()} == {t.stem for t in kampala_tiles}
+    assert sorted(p.name for p in (tmp_path / "prob").iterdir()) == sorted(f"{t.stem}_probability.tif" for t in kampala_tiles)
+
+
+def test_evaluate_known_answer(provider, shared_data, tmp_path):
+    fixtures = shared_data / "eval_fixtures"
+    results = run(
+        "footprint:evaluatefootprints",
+        {
+            "PREDICTED": str(fixtures / "pred.geojson"),
+            "REFERENCE": str(fixtures / "gt.geojson"),
+            "TRUE_POSITIVES": str(tmp_path / "tp.gpkg"),
+            "FALSE_POSITIVES": str(tmp_path / "fp.gpkg"),
+            "FALSE_NEGATIVES": str(tmp_path / "fn.gpkg"),
+            "REPORT": str(tmp_path / "report.json"),
+        },
+    )
+    assert (results["TP"], results["FP"], results["FN"]) == (8, 20, 20)
+    assert results["F1"] == pytest.approx(0.2857, abs=1e-4)
+    for name, count in (("tp", 8), ("fp", 20), ("fn", 20)):
+        layer = QgsVectorLayer(str(tmp_path / f"{name}.gpkg"), name, "ogr")
+        assert layer.isValid() and layer.featureCount() == count and layer.crs().authid() == "EPSG:32616"
+    assert (tmp_path / "report.json").is_file()
+
+
+def test_regularize_footprints(provider, shared_data, tmp_path):
+    source = QgsVectorLayer(str(shared_data / "eval_fixtures" / "gt.geojson"), "gt", "ogr")
+    results = run(
+        "footprint:regularizefootprints",
+        {"INPUT": source, "TOLERANCE": 0.5, "OUTPUT": str(tmp_path / "square.gpkg")},
+    )
+    out = QgsVectorLayer(str(results["OUTPUT"]), "sq", "ogr")
+    assert out.isValid() and out.featureCount() == source.featureCount()
+    assert out.crs() == source.crs()
+    assert set(source.fields().names()) <= set(out.fields().names()) | {"fid"}
+    assert results["N_REGULARIZED"] == sum(1 for f in out.getFeatures() if f["regularized"]) > 0
+    assert all(f.geometry().isGeosValid() for f in out.getFeatures())
+
+
+@pytest.mark.slow
+def test_train_then_finetune(provider, tiny_model, shared_data, kampala_tiles, tmp_path):
+    labels = shared_data / KAMPALA / "labels.geojson"
+    common = {"INPUT": [str(t) for t in kampala_tiles], "BUILDINGS": str(labels), "EPOCHS": 1, "DEVICE": "cpu",
+              "BATCH_SIZE": 2, "CHIP_SIZE": 128}
+    trained = run("footprint:trainmodel", {**common, "ARCHITECTURE": "unet_mobilenetv2", "NAME": "trained_in_test"})
+    card = Path(trained["MODEL_CARD"])
+    assert card.is_file() and card.parent == Path(tiny_model_dir_of(tiny_model))
+    assert Path(trained["REPORT"]).is_file() and "trained_in_test" == trained["MODEL_NAME"]
+    tuned = run("footprint:finetunemodel", {**common, "BASE_MODEL": "trained_in_test", "NAME": "tuned_in_test"})
+    assert Path(tuned["MODEL_CARD"]).is_file()
+    from footprint_plugin.core.modelcard import find_model
+
+    assert find_model("tuned_in_test").architecture == "unet_mobilenetv2"
+
+
+def tiny_model_dir_of(_name: str) -> str:
+    import os
+
+    return os.environ["FOOTPRINT_USER_MODELS"]

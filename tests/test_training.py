@@ -1,0 +1,204 @@
+"""Training engine end to end: small synthetic rasters the tests build, plus a few iterations on real data."""
+
+from __future__ import annotations
+
+import json
+import resource
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from rasterio.features import shapes
+from rasterio.transform import from_origin
+
+from conftest import synthetic_buildings, write_geotiff
+from footprint_plugin.core.errors import CanceledError, InputError, OutputError
+from footprint_plugin.core.modelcard import load_card
+from footprint_plugin.core.training import TrainingConfig, TrainingPair, train_model
+from footprint_plugin.core.vector_io import write_polygons
+
+UTM = "EPSG:32631"
+
+
+def make_pair(folder: Path, name: str, seed: int, size: int = 192, bands: int = 3, origin_x: float = 600000.0,
+              label_crs: str = UTM) -> TrainingPair:
+    """A synthetic raster with bright roofs and their polygons (optionally written in another CRS)."""
+    import shapely
+    from rasterio.warp import transform_geom
+
+    image, mask = synthetic_buildings(size, seed=seed, bands=bands)
+    transform = from_origin(origin_x, 5750000.0, 0.5, 0.5)
+    raster = write_geotiff(folder / f"{name}.tif", image, crs=UTM, transform=transform)
+    polygons = [shapely.geometry.shape(geom) for geom, value in shapes(mask, mask=mask > 0, transform=transform) if value]
+    if label_crs != UTM:
+        polygons = [shapely.geometry.shape(transform_geom(UTM, label_crs, shapely.geometry.mapping(p))) for p in polygons]
+    labels = write_polygons(folder / f"{name}_labels.gpkg", polygons, [{"building": "yes"}] * len(polygons), label_crs)
+    return TrainingPair(raster, labels, name=name)
+
+
+def small_config(tmp_path: Path, **overrides) -> TrainingConfig:
+    settings = dict(
+        out_name="tiny", epochs=2, batch_size=4, chip_size=64, chips_per_epoch=8, lr=3e-3, gsd_m=0.5,
+        out_dir=tmp_path / "models", val_areas=["val"], patience=50, device="cpu",
+    )
+    settings.update(overrides)
+    return TrainingConfig(**settings)
+
+
+@pytest.fixture
+def two_areas(tmp_path):
+    return [make_pair(tmp_path, "train", seed=1), make_pair(tmp_path, "val", seed=2, origin_x=601000.0, label_crs="EPSG:4326")]
+
+
+def test_train_writes_model_card_report_and_log(tmp_path, two_areas):
+    fractions = []
+    result = train_model(two_areas, small_config(tmp_path, heads=3), progress=fractions.append)
+    card = load_card(result.card_path)
+    assert card.architecture == "unet_mobilenetv2" and card.heads == ["footprint", "boundary", "contact"]
+    assert card.gsd_m == 0.5 and card.allow_panchromatic and card.scaling["method"] == "percentile"
+    assert card.sha256 and result.weights_path.exists()
+    area = card.metrics["per_area"]["val"]
+    assert area["split"] == "val" and 0.0 <= area["f1"] <= 1.0 and area["n_buildings"] > 0
+    assert card.extra["training"]["areas"] == ["train"]
+    log = json.loads(result.log_json.read_text())
+    assert [h["epoch"] for h in log["history"]] == [1, 2]
+    assert result.report_png.read_bytes()[:4] == b"\x89PNG"
+    assert fractions[-1] == pytest.approx(1.0) and fractions == sorted(fractions)
+    from footprint_plugin.core.zoo import load_model
+
+    model = load_model(card, "cpu")
+    assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 3, 64, 64)
+    # No checkpoint or temporary file left behind.
+    assert sorted(p.name for p in result.card_path.parent.iterdir()) == ["tiny.json", "tiny.pt", "training_reports"]
+
+
+def test_training_learns_easy_buildings(tmp_path, two_areas):
+    result = train_model(two_areas, small_config(tmp_path, epochs=8, chips_per_epoch=16, chip_size=96))
+    history = json.loads(result.log_json.read_text())["history"]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert result.metrics["validation"]["f1"] > 0.5, result.metrics
+
+
+def test_same_seed_same_training(tmp_path, two_areas):
+    first = train_model(two_areas, small_config(tmp_path / "a", epochs=1, seed=5))
+    second = train_model(two_areas, small_config(tmp_path / "b", epochs=1, seed=5))
+    third = train_model(two_areas, small_config(tmp_path / "c", epochs=1, seed=6))
+    losses = [json.loads(r.log_json.read_text())["history"][0]["train_loss"] for r in (first, second, third)]
+    assert losses[0] == losses[1] != losses[2]
+    assert load_card(first.card_path).sha256 == load_card(second.card_path).sha256
+
+
+def test_cancel_then_resume(tmp_path, two_areas):
+    config = small_config(tmp_path, epochs=3)
+    calls = {"n": 0}
+
+    def cancel_in_second_epoch() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 6  # setup checks + epoch 1 (2 batches) + validation, then stop
+
+    with pytest.raises(CanceledError):
+        train_model(two_areas, config, is_canceled=cancel_in_second_epoch)
+    models = tmp_path / "models"
+    assert not (models / "tiny.pt").exists() and not (models / "tiny.json").exists()
+    assert (models / ".tiny.checkpoint.pt").exists()
+    messages = []
+    result = train_model(two_areas, config, log=messages.append)
+    assert any(m.startswith("Resuming from epoch 1") for m in messages), messages
+    assert [h["epoch"] for h in json.loads(result.log_json.read_text())["history"]] == [1, 2, 3]
+    assert not (models / ".tiny.checkpoint.pt").exists()
+
+
+def test_finetune_with_frozen_encoder(tmp_path, two_areas):
+    base = train_model(two_areas, small_config(tmp_path, epochs=1, out_name="base"))
+    tuned = train_model(
+        two_areas, small_config(tmp_path, epochs=1, out_name="tuned", base_model=str(base.card_path), freeze_encoder_epochs=1)
+    )
+    base_state = torch.load(base.weights_path, weights_only=True)
+    tuned_state = torch.load(tuned.weights_path, weights_only=True)
+    encoder_keys = [k for k in base_state if k.startswith("encoder.")]
+    decoder_keys = [k for k in base_state if k.startswith("decoder.") and k.endswith("weight")]
+    assert encoder_keys and all(torch.equal(base_state[k], tuned_state[k]) for k in encoder_keys)
+    assert any(not torch.equal(base_state[k], tuned_state[k]) for k in decoder_keys)
+    card = load_card(tuned.card_path)
+    assert card.extra["base_model"].startswith("base") and card.architecture == "unet_mobilenetv2"
+
+
+def test_bad_inputs_give_clear_errors(tmp_path, two_areas):
+    # Different band counts in one run.
+    four_bands = make_pair(tmp_path, "rgbn", seed=3, bands=4)
+    with pytest.raises(InputError, match="different band counts"):
+        train_model([two_areas[0], four_bands], small_config(tmp_path, val_areas=None))
+    # Labels that miss the raster.
+    elsewhere = make_pair(tmp_path, "elsewhere", seed=4, origin_x=650000.0)
+    with pytest.raises(InputError, match="overlaps"):
+        train_model([TrainingPair(two_areas[0].raster, elsewhere.labels, name="x")], small_config(tmp_path, val_areas=None))
+    # An area of interest with no labels in it (over the raster, but where no building was drawn).
+    import shapely
+
+    empty_corner = write_polygons(tmp_path / "aoi.gpkg", [shapely.box(600000, 5749910, 600001, 5749911)], [{}], UTM)
+    with pytest.raises(InputError, match="contains no building"):
+        train_model([TrainingPair(two_areas[0].raster, two_areas[0].labels, empty_corner, "a")], small_config(tmp_path, val_areas=None))
+    # Empty label layer.
+    empty = write_polygons(tmp_path / "empty.gpkg", [], [], UTM, fields={"building": str})
+    with pytest.raises(InputError, match="no building polygons"):
+        train_model([TrainingPair(two_areas[0].raster, empty, name="a")], small_config(tmp_path, val_areas=None))
+    # Unknown validation area.
+    with pytest.raises(InputError, match="Unknown validation area"):
+        train_model(two_areas, small_config(tmp_path, val_areas=["nowhere"]))
+
+
+def test_disk_full_leaves_no_corrupt_model(tmp_path, two_areas):
+    """A write that fails part-way (file size limit, like a full disk) leaves no model behind."""
+    out = tmp_path / "models"
+    previous_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    # Big enough for the inputs already written, far too small for a checkpoint or weights (~8 MB).
+    resource.setrlimit(resource.RLIMIT_FSIZE, (2_000_000, hard))
+    try:
+        with pytest.raises(OutputError, match="disk space|space"):
+            train_model(two_areas, small_config(tmp_path, epochs=1))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous_handler)
+    leftovers = [p.name for p in out.iterdir()] if out.exists() else []
+    assert not [name for name in leftovers if name.endswith((".pt", ".json", ".tmp"))], leftovers
+
+
+def test_cli_train_and_finetune_json(tmp_path, two_areas, capsys):
+    from footprint_plugin.cli import main
+
+    common = [
+        "--raster", str(two_areas[0].raster), "--labels", str(two_areas[0].labels), "--area", "train",
+        "--raster", str(two_areas[1].raster), "--labels", str(two_areas[1].labels), "--area", "val",
+        "--val-area", "val", "--epochs", "1", "--chip-size", "64", "--chips-per-epoch", "4", "--batch-size", "4",
+        "--gsd", "0.5", "--out-dir", str(tmp_path / "cli_models"), "--json",
+    ]
+    assert main(["train", *common, "--out", "cli_model", "--heads", "3"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["model"] == "cli_model" and "val" in summary["metrics"]["per_area"]
+    card_path = Path(summary["card_path"])
+    assert main(["finetune", "--base", str(card_path), *common, "--out", "cli_tuned", "--freeze-encoder-epochs", "1"]) == 0
+    tuned = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert load_card(tuned["card_path"]).heads == ["footprint", "boundary", "contact"]
+    # User error -> exit code 2 with a message, no traceback.
+    assert main(["train", "--raster", str(tmp_path / "missing.tif"), "--labels", str(two_areas[0].labels), "--out", "x"]) == 2
+
+
+@pytest.mark.shared
+def test_few_iterations_on_real_data(tmp_path, shared_data):
+    """Kampala z19 (OAM RGB, EPSG:3857 mosaic with masked gaps) + the Atlanta panchromatic tile."""
+    eo = shared_data / "eo"
+    pairs = [
+        TrainingPair(eo / "hotosm_kampala" / "mosaic_z19.vrt", eo / "hotosm_kampala" / "labels.geojson", name="kampala"),
+        TrainingPair(eo / "spacenet4_atlanta_pan" / "tiles" / "sample_geotiff.tif", eo / "spacenet4_atlanta_pan" / "labels.geojson", name="atlanta"),
+    ]
+    config = small_config(tmp_path, epochs=1, chip_size=128, chips_per_epoch=8, val_areas=None, test_areas=["atlanta"])
+    result = train_model(pairs, config)
+    metrics = result.metrics["per_area"]
+    assert metrics["atlanta"]["split"] == "test" and metrics["atlanta"]["n_buildings"] >= 35
+    assert metrics["kampala"]["split"] == "val" and metrics["kampala"]["n_buildings"] > 10
+    card = load_card(result.card_path)
+    assert card.in_channels == 3 and card.allow_panchromatic  # the pan tile was fed as grey RGB
+    assert np.isfinite(json.loads(result.log_json.read_text())["history"][0]["train_loss"])
