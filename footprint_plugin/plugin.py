@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Optional
 
@@ -116,6 +117,13 @@ class FootprintPlugin:
                 Qgis.MessageLevel.Warning,
             )
             return
+        if layer.providerType() != "gdal":
+            self._message(
+                f"'{layer.name()}' is a {layer.providerType()} layer, not a file. Save it as a GeoTIFF "
+                "(right-click > Export > Save As…) and run Detect buildings on that.",
+                Qgis.MessageLevel.Warning,
+            )
+            return
         if not self._dependencies_ready():
             return
         from .gui.detect_dialog import DetectDialog
@@ -136,12 +144,15 @@ class FootprintPlugin:
         """Run footprint:detectbuildings for the dialog's parameters in the task manager."""
         from .gui.tasks import AlgorithmRun, temporary_output
 
-        buildings = dialog.output_path() or temporary_output("buildings.gpkg")
+        chosen = dialog.output_path()
+        buildings = chosen or temporary_output("buildings.gpkg")
         probability = str(Path(buildings).with_name(Path(buildings).stem + "_probability.tif"))
         parameters = dialog.parameters(buildings, probability)
         layer_name = dialog.layer.name()
 
         def finished(ok: bool, results: dict[str, Any], run: Any) -> None:
+            if not ok and not chosen:
+                shutil.rmtree(Path(buildings).parent, ignore_errors=True)  # our own empty temporary folder
             self._detection_finished(ok, results, run, layer_name)
 
         self.last_run = AlgorithmRun(
@@ -160,8 +171,9 @@ class FootprintPlugin:
         from .gui.tasks import add_detection_layers
 
         add_detection_layers(layer_name, str(results["OUTPUT"]), results.get("PROBABILITY"))
+        count = int(results.get("N_BUILDINGS", 0))
         self._message(
-            f"{int(results.get('N_BUILDINGS', 0))} buildings found in {results.get('SECONDS', 0):.1f} s "
+            f"{count} building{'' if count == 1 else 's'} found in {results.get('SECONDS', 0):.1f} s "
             f"({results.get('MP_PER_S', 0):.2f} MP/s) on {results.get('DEVICE_USED', '?')} with {results.get('MODEL_USED', '?')}.",
             Qgis.MessageLevel.Success,
             15,

@@ -55,9 +55,20 @@ def make_raster(size: int) -> Path:
     block = rng.normal(100, 20, (3, 512, 512)).clip(0, 255).astype(np.uint8)
     block[:, 100:220, 80:300] = 200  # a 'roof'
     tmp = path.with_suffix(".partial.tif")
-    profile = dict(driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs="EPSG:32631",
-                   transform=from_origin(600000, 5750000, 0.5, 0.5), tiled=True, blockxsize=256,
-                   blockysize=256, compress="deflate", photometric="RGB")
+    profile = dict(
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:32631",
+        transform=from_origin(600000, 5750000, 0.5, 0.5),
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+        compress="deflate",
+        photometric="RGB",
+    )
     with rasterio.open(tmp, "w", **profile) as dst:
         for row in range(0, size, 512):
             for col in range(0, size, 512):
@@ -99,8 +110,16 @@ def make_big_vrt(size: int = 20000) -> Path:
 def bench_card(architecture: str):
     from footprint_plugin.core.modelcard import ModelCard
 
-    return ModelCard(name=f"bench_{architecture}", architecture=architecture, in_channels=3, out_channels=1,
-                     band_roles=["red", "green", "blue"], tile_size=TILE, overlap=OVERLAP, gsd_m=0.5)
+    return ModelCard(
+        name=f"bench_{architecture}",
+        architecture=architecture,
+        in_channels=3,
+        out_channels=1,
+        band_roles=["red", "green", "blue"],
+        tile_size=TILE,
+        overlap=OVERLAP,
+        gsd_m=0.5,
+    )
 
 
 def random_model(architecture: str) -> torch.nn.Module:
@@ -180,8 +199,22 @@ def child(args: argparse.Namespace) -> None:
 
 
 def run_child(kind: str, arch: str, precision: str, args: argparse.Namespace, big: bool = False) -> dict:
-    command = [sys.executable, __file__, "--child", kind, "--arch", arch, "--precision", precision,
-               "--device", args.device, "--size", str(args.size), "--reps", str(args.reps)]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        kind,
+        "--arch",
+        arch,
+        "--precision",
+        precision,
+        "--device",
+        args.device,
+        "--size",
+        str(args.size),
+        "--reps",
+        str(args.reps),
+    ]
     if args.threads:
         command += ["--threads", str(args.threads)]
     if big:
@@ -219,17 +252,21 @@ def main() -> None:
     native_bf16 = cpu_supports_bf16() if choice.kind == "cpu" else choice.kind == "cuda"
     precisions = args.precision or (["fp32", "bf16"] if native_bf16 else ["fp32"])
     print(f"device: {choice.name}  {choice.note}")
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}, "
-          f"native bf16: {native_bf16}")
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}, "
+        f"native bf16: {native_bf16}"
+    )
 
     if args.big:
         arch = args.arch[0] if len(args.arch) == 1 else "unet_mobilenetv2"
         precision = precisions[-1]
         make_big_vrt()
         row = run_child("e2e", arch, precision, args, big=True)
-        print(f"20000 x 20000 x 3 uint8 VRT, {arch} {row.get('precision')}: {row.get('seconds', 0):.0f} s, "
-              f"{row.get('e2e_mps', 0):.2f} MP/s, peak RSS {row.get('peak_rss_mb', 0):.0f} MB "
-              f"({'under' if row.get('peak_rss_mb', 1e9) < 3072 else 'OVER'} 3 GB)")
+        print(
+            f"20000 x 20000 x 3 uint8 VRT, {arch} {row.get('precision')}: {row.get('seconds', 0):.0f} s, "
+            f"{row.get('e2e_mps', 0):.2f} MP/s, peak RSS {row.get('peak_rss_mb', 0):.0f} MB "
+            f"({'under' if row.get('peak_rss_mb', 1e9) < 3072 else 'OVER'} 3 GB)"
+        )
         return
 
     make_raster(args.size)
@@ -238,8 +275,10 @@ def main() -> None:
         gflops["bf16"] = matmul_gflops(torch.bfloat16)
     print("matmul GFLOP/s (2048^3, same run): " + ", ".join(f"{k} {v:.0f}" for k, v in gflops.items()))
     print(f"end to end: {args.size} x {args.size} x 3 uint8 tiled GeoTIFF, tiles {TILE} px, overlap {OVERLAP} px")
-    header = (f"{'architecture':22} {'prec':5} {'e2e MP/s':>9} {'model MP/s':>10} {'peak RSS MB':>11} "
-              f"{'GFLOP/MP':>9} {'limit MP/s':>10} {'model/limit':>11} {'bf16 mask diff':>14}")
+    header = (
+        f"{'architecture':22} {'prec':5} {'e2e MP/s':>9} {'model MP/s':>10} {'peak RSS MB':>11} "
+        f"{'GFLOP/MP':>9} {'limit MP/s':>10} {'model/limit':>11} {'bf16 mask diff':>14}"
+    )
     print(header)
     print("-" * len(header))
     for arch in args.arch:
@@ -249,10 +288,13 @@ def main() -> None:
             e2e = run_child("e2e", arch, precision, args)
             limit = gflops.get(precision, gflops["fp32"]) / flop
             diff = model.get("mask_disagreement")
-            print(f"{arch:22} {e2e.get('precision', precision):5} {e2e.get('e2e_mps', float('nan')):9.2f} "
-                  f"{model.get('model_mps', float('nan')):10.2f} {e2e.get('peak_rss_mb', float('nan')):11.0f} "
-                  f"{flop:9.1f} {limit:10.2f} {model.get('model_mps', float('nan')) / limit:11.0%} "
-                  f"{'' if diff is None else f'{diff:.2%}':>14}", flush=True)
+            print(
+                f"{arch:22} {e2e.get('precision', precision):5} {e2e.get('e2e_mps', float('nan')):9.2f} "
+                f"{model.get('model_mps', float('nan')):10.2f} {e2e.get('peak_rss_mb', float('nan')):11.0f} "
+                f"{flop:9.1f} {limit:10.2f} {model.get('model_mps', float('nan')) / limit:11.0%} "
+                f"{'' if diff is None else f'{diff:.2%}':>14}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

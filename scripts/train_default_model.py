@@ -99,7 +99,7 @@ def main(argv=None) -> int:
         ),
         training_data=CREDITS,
         licence="Weights: GPL-2.0-or-later like the plugin. Training data: ODbL 1.0 (OSM labels), CC BY 4.0 (OAM), CC BY-SA 4.0 (SpaceNet).",
-        training_command="python scripts/train_default_model.py --minutes {:g} --install".format(args.minutes),
+        training_command=f"python scripts/train_default_model.py --minutes {args.minutes:g} --install",
         card_extra={"default": True},
     )
     result = train_model(build_pairs(args.data), config, log=lambda message: print(message, flush=True))

@@ -82,3 +82,17 @@ def synthetic_buildings(size: int = 512, seed: int = 0, bands: int = 3) -> tuple
         mask[r : r + h, c : c + w] = 1
         image[:, r : r + h, c : c + w] = rng.integers(170, 230)
     return image.astype(np.uint8), mask
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-desktop", action="store_true", default=False, help="run the real QGIS desktop tests (Xvfb)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Desktop tests start the real QGIS under Xvfb; they run only with --run-desktop (make test-desktop)."""
+    if config.getoption("--run-desktop"):
+        return
+    skip = pytest.mark.skip(reason="real QGIS desktop test: run it with `make test-desktop` (--run-desktop)")
+    for item in items:
+        if "desktop" in item.keywords:
+            item.add_marker(skip)

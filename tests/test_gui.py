@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from qgis.core import Qgis, QgsLayerTreeGroup, QgsProject, QgsRasterLayer
+from qgis.PyQt.QtWidgets import QDialogButtonBox
 
 from tests.qgis_helpers import import_plugin_package, install_plugins_menu, make_tiny_model, wait_until
 
@@ -60,7 +61,7 @@ def test_detect_action_runs_task_and_adds_two_layers(plugin, qgis_iface, shared_
     dialog = _open_detect_dialog(plugin, tmp_path / "buildings.gpkg")
     assert "tiny_test_model" in dialog.cardBrowser.toPlainText()
     assert dialog.deviceInfo.text()  # names the CPU (or GPU) and why
-    dialog.accept()
+    dialog.buttonBox.button(QDialogButtonBox.StandardButton.Ok).click()
     run = plugin.last_run
     assert run is not None and wait_until(lambda: run.done), "task never finished"
     assert run.succeeded, run.error_text()
@@ -71,28 +72,36 @@ def test_detect_action_runs_task_and_adds_two_layers(plugin, qgis_iface, shared_
     assert all(node.layer().isValid() for node in group.findLayers())
     assert (tmp_path / "buildings.gpkg").is_file() and (tmp_path / "buildings_probability.tif").is_file()
     messages = qgis_iface.messageBar().get_messages(Qgis.MessageLevel.Success)
-    assert any("buildings found" in m and "MP/s" in m for m in messages), messages
+    assert any("found in" in m and "MP/s" in m and "CPU" in m for m in messages), messages
+    # The next dialog starts from the last-used settings.
+    plugin.detect_action.trigger()
+    again = plugin._dialogs["detect"]
+    assert again.modelCombo.currentData() == "tiny_test_model"
+    assert (again.minAreaSpin.value(), again.thresholdSpin.value(), again.deviceCombo.currentText()) == (1.0, 0.01, "cpu")
 
 
-def test_cancel_mid_run_adds_nothing_and_leaves_no_files(plugin, qgis_iface, shared_data, tmp_path):
+@pytest.mark.parametrize("output", ["chosen", "temporary"])
+def test_cancel_mid_run_adds_nothing_and_leaves_no_files(plugin, qgis_iface, shared_data, tmp_path, output):
     _load_active_raster(qgis_iface, shared_data / SPACENET_SAMPLE)
     layers_before = set(QgsProject.instance().mapLayers())
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    dialog = _open_detect_dialog(plugin, out_dir / "buildings.gpkg", tta=True)  # d4: 8 passes, slow enough to cancel
-    dialog.accept()
+    dialog = _open_detect_dialog(plugin, out_dir / "buildings.gpkg")
+    if output == "temporary":
+        dialog.outputEdit.clear()
+    dialog.buttonBox.button(QDialogButtonBox.StandardButton.Ok).click()
     run = plugin.last_run
+    out_dir = Path(run.parameters["OUTPUT"]).parent
     assert wait_until(lambda: run.done or run.feedback.progress() > 0), "no progress reported"
     assert not run.done, "finished before it could be canceled"
-    import time
-
-    canceled_at = time.monotonic()
     run.cancel()
     assert wait_until(lambda: run.done), "cancel did not stop the task"
-    print(f"cancel took {time.monotonic() - canceled_at:.2f} s, progress {run.feedback.progress():.1f}")
     assert not run.succeeded
     assert set(QgsProject.instance().mapLayers()) == layers_before
-    assert list(out_dir.iterdir()) == []
+    if output == "chosen":
+        assert list(out_dir.iterdir()) == []
+    else:
+        assert not out_dir.exists()
 
 
 def test_train_dialog_trains_and_new_model_is_listed(plugin, qgis_iface, shared_data, tmp_path):

@@ -8,7 +8,7 @@ import shapely
 from affine import Affine
 from rasterio.transform import from_origin
 
-from footprint_plugin.core.augment import AugmentOptions, augment_chip
+from footprint_plugin.core.augment import AugmentOptions, _pan_like, augment_chip
 from footprint_plugin.core.chips import ChipSampler, PreparedRaster, assign_spatial_blocks, read_at_gsd
 from footprint_plugin.core.errors import InputError
 from footprint_plugin.core.labels import clip_ground_truth, load_labels, rasterize_region, rasterize_targets
@@ -73,10 +73,14 @@ def test_aoi_region_and_ground_truth_clipping():
     aoi = [box_px(0, 0, 50, 100)]
     inside = rasterize_region(aoi, TRANSFORM, (100, 100))
     assert inside[:, :50].all() and not inside[:, 50:].any()
-    buildings = [box_px(10, 10, 20, 20), box_px(45, 10, 65, 20), box_px(70, 70, 80, 80)]
+    buildings = [box_px(10, 10, 20, 20), box_px(45, 10, 65, 20), box_px(70, 70, 80, 80), box_px(30, 10, 54, 20)]
     kept = clip_ground_truth(buildings, TRANSFORM, inside)
-    # Mostly inside (1st), half inside (25 %, dropped), outside (dropped).
-    assert kept == [buildings[0]]
+    # Inside (kept), 25 % inside (dropped), outside (dropped), 83 % inside (kept, cut at the valid edge).
+    assert len(kept) == 2 and kept[0].equals(buildings[0])
+    assert kept[1].equals(box_px(30, 10, 50, 20))
+    # All pixels valid: buildings are cut at the raster frame.
+    edge = clip_ground_truth([box_px(90, 10, 104, 20)], TRANSFORM, np.ones((100, 100), bool))
+    assert edge[0].equals(box_px(90, 10, 100, 20))
 
 
 def _prepared(name, shape, transform, positives=None, crs=UTM) -> PreparedRaster:
@@ -137,6 +141,11 @@ def test_augmentation_sar_only_flips_left_right_and_eo_grayscale():
     options = AugmentOptions(grayscale_probability=1.0, brightness=0.0, contrast=0.0)
     gray, _, _ = augment_chip(rgb, np.zeros((1, 8, 8), np.float32), weight, np.random.default_rng(3), options)
     assert np.allclose(gray[0], gray[1]) and np.allclose(gray[1], gray[2])
+    # Pan-like grayscale: vegetation (green) ends up brighter than a grey roof of the same luminance.
+    scene = np.full((3, 8, 8), 0.5, np.float32)
+    scene[:, :, :4] = np.array([0.3, 0.7, 0.3], np.float32)[:, None, None]  # trees on the left, roof on the right
+    pan = _pan_like(scene.mean(axis=0), scene, vegetation_gain=1.0)
+    assert pan[:, :4].min() > pan[:, 4:].max()
     # Same seed, same augmentation: training is reproducible.
     a = augment_chip(rgb, targets, weight, np.random.default_rng(7), AugmentOptions())
     b = augment_chip(rgb, targets, weight, np.random.default_rng(7), AugmentOptions())

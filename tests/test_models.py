@@ -221,3 +221,20 @@ def test_load_never_unpickles_code(tmp_path):
     save_card(card, tmp_path / "zoo_test.json")
     with pytest.raises(ModelError, match="Cannot read the weights"):
         zoo.load_model(card)
+
+
+@pytest.mark.parametrize("name", ["unet_mobilenetv2", "unet_resnet34"])
+def test_fused_conv_activation_matches(name):
+    from footprint_plugin.core.models import FusedConvAct, fuse_conv_activation
+
+    torch.manual_seed(2)
+    model = create_model(name, 3, 1).eval()
+    fused = fuse_conv_activation(fuse_conv_bn(copy.deepcopy(model)))
+    if not any(isinstance(m, FusedConvAct) for m in fused.modules()):
+        pytest.skip("this torch build has no fused oneDNN conv+activation")
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        expected = model(x)
+        assert torch.allclose(fused(x), expected, atol=1e-4 * max(1.0, expected.abs().max().item()))
+        bf16 = copy.deepcopy(fused).to(torch.bfloat16)(x.to(torch.bfloat16)).float()
+    assert (bf16 - expected).abs().mean() < 0.05 * expected.abs().mean() + 1e-3

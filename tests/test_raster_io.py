@@ -101,7 +101,9 @@ def test_probability_writer_streams_any_chunking(tmp_path, chunks):
 
 
 def test_probability_writer_abort_removes_the_temporary_file(tmp_path):
-    writer = raster_io.ProbabilityWriter(tmp_path / "p.tif", 10, 10, ["footprint"], None, from_origin(600000, 5750000, 1, 1))
+    writer = raster_io.ProbabilityWriter(
+        tmp_path / "p.tif", 10, 10, ["footprint"], None, from_origin(600000, 5750000, 1, 1)
+    )
     writer.write_rows(np.zeros((1, 5, 10), np.float32), np.ones((5, 10), bool))
     writer.abort()
     assert list(tmp_path.iterdir()) == []

@@ -58,7 +58,9 @@ def assert_same_grid(a: Path, b: Path) -> None:
 def test_quad_pol_db_with_nan_nodata(capella, tmp_path, gsd_m):
     path = capella / "sar_masked.tif"
     card = sar_card(["HH", "HV", "VH", "VV"], gsd_m)
-    result = predict_raster(path, card, tmp_path / "p.tif", InferenceOptions(precision="fp32", tta=True), model=sar_model(card))
+    result = predict_raster(
+        path, card, tmp_path / "p.tif", InferenceOptions(precision="fp32", tta=True), model=sar_model(card)
+    )
     assert result.resampled == (gsd_m != 4.5)
     assert_same_grid(path, result.probability_path)
     with rasterio.open(path) as ds:

@@ -10,16 +10,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import synthetic_buildings, write_geotiff
 from rasterio.features import shapes
 from rasterio.transform import from_origin
 
-from conftest import synthetic_buildings, write_geotiff
 from footprint_plugin.core.errors import CanceledError, InputError, OutputError
 from footprint_plugin.core.modelcard import load_card
 from footprint_plugin.core.training import TrainingConfig, TrainingPair, train_model
 from footprint_plugin.core.vector_io import write_polygons
 
 UTM = "EPSG:32631"
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One thread: on a shared 2-core machine two OpenMP threads can run ten times slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def make_pair(folder: Path, name: str, seed: int, size: int = 192, bands: int = 3, origin_x: float = 600000.0,
@@ -62,6 +71,10 @@ def test_train_writes_model_card_report_and_log(tmp_path, two_areas):
     area = card.metrics["per_area"]["val"]
     assert area["split"] == "val" and 0.0 <= area["f1"] <= 1.0 and area["n_buildings"] > 0
     assert card.extra["training"]["areas"] == ["train"]
+    # The card's probability threshold is the one with the best validation F1.
+    search = card.metrics["threshold_search_val_f1"]
+    assert card.threshold == card.metrics["probability_threshold"]
+    assert search[f"{card.threshold:g}"] == max(search.values())
     log = json.loads(result.log_json.read_text())
     assert [h["epoch"] for h in log["history"]] == [1, 2]
     assert result.report_png.read_bytes()[:4] == b"\x89PNG"
@@ -127,9 +140,9 @@ def test_finetune_with_frozen_encoder(tmp_path, two_areas):
 
 def test_bad_inputs_give_clear_errors(tmp_path, two_areas):
     # Different band counts in one run.
-    four_bands = make_pair(tmp_path, "rgbn", seed=3, bands=4)
+    five_bands = make_pair(tmp_path, "multispectral", seed=3, bands=5)
     with pytest.raises(InputError, match="different band counts"):
-        train_model([two_areas[0], four_bands], small_config(tmp_path, val_areas=None))
+        train_model([two_areas[0], five_bands], small_config(tmp_path, val_areas=None))
     # Labels that miss the raster.
     elsewhere = make_pair(tmp_path, "elsewhere", seed=4, origin_x=650000.0)
     with pytest.raises(InputError, match="overlaps"):

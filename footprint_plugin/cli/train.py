@@ -44,6 +44,7 @@ def _add_shared_arguments(parser: argparse.ArgumentParser, finetune: bool) -> No
     parser.add_argument("--loss", choices=("bce", "focal"), default="bce", help="pixel loss, always plus Dice")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is fastest on a busy machine)")
     parser.add_argument("--max-minutes", type=float, help="time budget; the learning-rate schedule fits into it")
     parser.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint of this run exists")
     parser.add_argument("--description", default="", help="free text for the model card")
@@ -130,6 +131,10 @@ def _config(args: argparse.Namespace, base: Optional[str]):
 def _run(args: argparse.Namespace, reporter: Reporter, base: Optional[str]) -> int:
     from ..core.training import train_model
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     pairs = _pairs(args)
     config = _config(args, base)
     reporter.stage(f"{'finetune' if base else 'train'} {args.out}")

@@ -21,7 +21,6 @@ from .labels import clip_ground_truth, load_aoi, load_labels, rasterize_region, 
 
 # A raster larger than this (after resampling to the model GSD) is refused: it would not fit in memory.
 MAX_PIXELS_PER_RASTER = 120_000_000
-EARTH_RADIUS_M = 6_371_008.8
 
 
 @dataclass
@@ -64,27 +63,14 @@ class PreparedRaster:
         return None
 
 
-def _haversine_m(lon1, lat1, lon2, lat2) -> float:
-    lon1, lat1, lon2, lat2 = map(math.radians, (lon1, lat1, lon2, lat2))
-    a = math.sin((lat2 - lat1) / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
-    return 2 * EARTH_RADIUS_M * math.asin(math.sqrt(a))
-
-
 def ground_pixel_size(dataset) -> tuple[float, float]:
     """(x, y) pixel size in ground metres at the raster centre, for any CRS (metres, degrees, Mercator)."""
-    from rasterio.warp import transform as warp_transform
+    from .raster_io import ground_pixel_size_m
 
-    if dataset.crs is None:
-        raise InputError(f"{dataset.name} has no CRS. Assign one in QGIS (Raster > Projections > Assign Projection).")
-    col, row = dataset.width / 2.0, dataset.height / 2.0
-    t = dataset.transform
-    points = [t * (col, row), t * (col + 1, row), t * (col, row + 1)]
-    lons, lats = warp_transform(dataset.crs, "EPSG:4326", [p[0] for p in points], [p[1] for p in points])
-    gx = _haversine_m(lons[0], lats[0], lons[1], lats[1])
-    gy = _haversine_m(lons[0], lats[0], lons[2], lats[2])
-    if not (gx > 0 and gy > 0):
-        raise InputError(f"Cannot work out the pixel size of {dataset.name} in metres. Check its CRS and geotransform.")
-    return gx, gy
+    size = ground_pixel_size_m(dataset)
+    if size is None:
+        raise InputError(f"{dataset.name} has no usable CRS. Assign one in QGIS (Raster > Projections > Assign Projection).")
+    return size
 
 
 def read_at_gsd(

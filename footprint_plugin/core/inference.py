@@ -19,10 +19,9 @@ import contextlib
 import copy
 import math
 import time
-import warnings as warnings_module
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import torch
@@ -33,7 +32,7 @@ from .callbacks import CancelCallback, ProgressCallback, check_canceled
 from .device import DeviceChoice, cpu_supports_bf16, is_out_of_memory, select_device
 from .errors import InputError, OutputError
 from .modelcard import ModelCard
-from .models import fuse_conv_bn
+from .models import fuse_conv_activation, fuse_conv_bn
 from .scaling import ScalingStats, apply_scaling, compute_scaling_stats, resolve_bands
 
 # Resample when the raster's GSD differs from the model's by more than this factor.
@@ -169,29 +168,41 @@ class TileRunner:
         self.look_direction_flip = look_direction_flip
         self.notes: list[str] = []
 
+        self._cpu_bf16_model: Optional[nn.Module] = None
+
     @property
     def device(self) -> torch.device:
         return torch.device(self.choice.device)
 
-    def _autocast(self, precision: str):
+    def _network(self, precision: str) -> tuple[nn.Module, Optional[torch.dtype], Any]:
+        """(network, input dtype, autocast context) for a precision on the current device."""
         if precision == "fp32":
-            return contextlib.nullcontext()
+            return self.model, None, contextlib.nullcontext()
+        if self.device.type == "cpu" and precision == "bf16":
+            # A bf16 copy of the network instead of autocast, so the fused oneDNN conv+activation
+            # kernels see bf16 inputs and weights (autocast would cast around them).
+            if self._cpu_bf16_model is None:
+                self._cpu_bf16_model = copy.deepcopy(self.model).to(torch.bfloat16)
+            return self._cpu_bf16_model, torch.bfloat16, contextlib.nullcontext()
         dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+        return self.model, None, torch.autocast(self.device.type, dtype=dtype)
 
     def run(self, batch: np.ndarray, precision: Optional[str] = None) -> np.ndarray:
         """(B, C, h, w) float32 -> (B, heads, h, w) float32 probabilities."""
         precision = precision or self.precision
+        network, input_dtype, autocast = self._network(precision)
         with torch.inference_mode():
             x = torch.from_numpy(batch).to(self.device, non_blocking=True)
+            if input_dtype is not None:
+                x = x.to(input_dtype)
             if self.device.type != "mps":
                 x = x.contiguous(memory_format=torch.channels_last)
             if self.look_direction_flip:
                 x = torch.rot90(x, 2, (-2, -1))
             total = None
-            with self._autocast(precision):
+            with autocast:
                 for forward, inverse in self.transforms:
-                    prob = torch.sigmoid(inverse(self.model(forward(x))).float())
+                    prob = torch.sigmoid(inverse(network(forward(x))).float())
                     total = prob if total is None else total + prob
             assert total is not None
             total = total / len(self.transforms)
@@ -201,6 +212,7 @@ class TileRunner:
 
     def move_to_cpu(self, reason: str) -> None:
         self.model = self.model.to("cpu")
+        self._cpu_bf16_model = None
         previous = self.choice
         self.choice = DeviceChoice("cpu", "CPU", f"{previous.name}: {reason}; continued on the CPU.")
         self.precision = "bf16" if cpu_supports_bf16() and self.precision != "fp32" else "fp32"
@@ -259,6 +271,8 @@ def prepare_model(model: nn.Module, choice: DeviceChoice) -> nn.Module:
         prepared = fuse_conv_bn(copy.deepcopy(model))
     finally:
         model.train(was_training)
+    if choice.kind == "cpu":
+        prepared = fuse_conv_activation(prepared)
     prepared = prepared.to(choice.device)
     if choice.kind != "mps":
         prepared = prepared.to(memory_format=torch.channels_last)
@@ -318,7 +332,8 @@ class GridResampler:
         out = rows_interp[:, :, self.x0] + (rows_interp[:, :, self.x1] - rows_interp[:, :, self.x0]) * self.wx
         self.next_row = last
         if self.next_row < self.in_height:
-            keep_from = int(self._source_rows(np.array([self.next_row]))[0][0])
+            # Rows not yet received cannot be dropped: buffer[:, 0] must stay model row buffer_start.
+            keep_from = min(int(self._source_rows(np.array([self.next_row]))[0][0]), self.received)
             self.buffer = self.buffer[:, keep_from - self.buffer_start :]
             self.buffer_start = keep_from
         return first, out.astype(np.float32)
@@ -368,10 +383,8 @@ def predict_raster(
     if options.num_threads:
         torch.set_num_threads(max(1, int(options.num_threads)))
     try:
-        with raster_io.gdal_env(), warnings_module.catch_warnings():
-            warnings_module.simplefilter("ignore", category=Warning)  # NotGeoreferencedWarning & co.
-            with raster_io.opened(raster_path) as dataset:
-                return _predict_dataset(dataset, card, out_path, options, progress, is_canceled, model, started)
+        with raster_io.gdal_env(), raster_io.opened(raster_path) as dataset:
+            return _predict_dataset(dataset, card, out_path, options, progress, is_canceled, model, started)
     finally:
         torch.set_num_threads(previous_threads)
 

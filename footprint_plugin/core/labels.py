@@ -151,4 +151,20 @@ def clip_ground_truth(
         full_area_px = pixel_geoms[i].area
         if full_area_px > 0 and inside_counts[n + 1] >= min_inside_fraction * full_area_px:
             kept.append(geometries[i])
-    return kept
+    if not kept:
+        return kept
+    # Predictions stop where the imagery stops, so cut the kept buildings there too (as SpaceNet's per-tile labels are).
+    region = valid_region(valid, transform)
+    clipped = [g.intersection(region) for g in kept]
+    return [g for g in clipped if not g.is_empty and g.area > 0]
+
+
+def valid_region(valid: np.ndarray, transform: Affine) -> BaseGeometry:
+    """The valid pixels as one (multi)polygon in CRS coordinates."""
+    from rasterio.features import shapes
+
+    if valid.all():
+        rows, cols = valid.shape
+        return shapely.box(*shapely.bounds(shapely.MultiPoint([transform * (0, 0), transform * (cols, rows)])))
+    parts = [shapely.geometry.shape(geom) for geom, value in shapes(valid.astype(np.uint8), mask=valid, transform=transform) if value]
+    return shapely.union_all(parts) if parts else shapely.Polygon()

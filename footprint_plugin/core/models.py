@@ -6,6 +6,7 @@ Every model takes float32 (B, C, H, W) with H and W multiples of 32 and returns 
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Sequence
 
 import torch
@@ -512,4 +513,75 @@ def fuse_conv_bn(model: nn.Module) -> nn.Module:
             if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
                 setattr(module, conv_name, _fold_bn_into_conv(conv, bn))
                 setattr(module, bn_name, nn.Identity())
+    return model
+
+
+class FusedConvAct(nn.Module):
+    """Conv2d (BatchNorm already folded in) + ReLU/ReLU6 as one oneDNN call on CPU.
+
+    In bf16 PyTorch's separate elementwise activation costs as much as the depthwise conv before
+    it; oneDNN applies it while writing the conv output. Other devices use the plain modules.
+    """
+
+    def __init__(self, conv: nn.Conv2d, activation: nn.Module) -> None:
+        super().__init__()
+        self.conv = conv
+        self.activation = activation
+        if isinstance(activation, nn.ReLU6):
+            self.attr, self.scalars = "hardtanh", [0.0, 6.0]
+        else:
+            self.attr, self.scalars = "relu", []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv = self.conv
+        if x.device.type != "cpu" or x.dtype != conv.weight.dtype:
+            return self.activation(conv(x))
+        return torch.ops.mkldnn._convolution_pointwise(
+            x,
+            conv.weight,
+            conv.bias,
+            list(conv.padding),
+            list(conv.stride),
+            list(conv.dilation),
+            conv.groups,
+            self.attr,
+            self.scalars,
+            "",
+        )
+
+
+@functools.lru_cache(maxsize=1)
+def _pointwise_conv_available() -> bool:
+    """The fused oneDNN op exists in most torch CPU builds (it backs torch.compile); check it works here."""
+    try:
+        conv = nn.Conv2d(2, 2, 3, padding=1).eval()
+        x = torch.randn(1, 2, 8, 8)
+        with torch.no_grad():
+            fused = FusedConvAct(conv, nn.ReLU6())(x)
+            return bool(torch.allclose(fused, F.relu6(conv(x)), atol=1e-5))
+    except Exception:  # op missing or unsupported on this CPU/build: keep the plain modules
+        return False
+
+
+def fuse_conv_activation(model: nn.Module) -> nn.Module:
+    """Replace Sequential(Conv2d, [Identity], ReLU|ReLU6) runs by FusedConvAct, in place (CPU inference only).
+
+    Call after fuse_conv_bn (which turns the BatchNorm between them into Identity).
+    """
+    if not _pointwise_conv_available():
+        return model
+    for module in list(model.modules()):
+        if not isinstance(module, nn.Sequential):
+            continue
+        names = list(module._modules)
+        for index, name in enumerate(names):
+            conv = module._modules[name]
+            if not isinstance(conv, nn.Conv2d) or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+                continue
+            follow = index + 1
+            while follow < len(names) and isinstance(module._modules[names[follow]], nn.Identity):
+                follow += 1
+            if follow < len(names) and type(module._modules[names[follow]]) in (nn.ReLU, nn.ReLU6):
+                module._modules[name] = FusedConvAct(conv, module._modules[names[follow]])
+                module._modules[names[follow]] = nn.Identity()
     return model

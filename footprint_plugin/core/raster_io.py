@@ -8,6 +8,7 @@ import contextlib
 import math
 import os
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
@@ -26,10 +27,21 @@ OUTPUT_BLOCK = 256
 GDAL_CACHE_MB = 256
 
 
+def _ignore_not_georeferenced() -> None:
+    """Rasters without a CRS are allowed (with a warning in the result), so rasterio's own warning is noise.
+
+    A process-wide filter, not catch_warnings(), which is not thread-safe (QGIS runs tasks in threads).
+    """
+    from rasterio.errors import NotGeoreferencedWarning
+
+    warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
+
+
 def gdal_env():
     """rasterio.Env with a block cache sized for strip reads."""
     import rasterio
 
+    _ignore_not_georeferenced()
     return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 1024 * 1024, GDAL_NUM_THREADS="ALL_CPUS")
 
 
@@ -38,6 +50,7 @@ def open_raster(path: Union[str, Path]):
     import rasterio
     from rasterio.errors import RasterioIOError
 
+    _ignore_not_georeferenced()
     path = Path(path)
     is_gdal_path = str(path).startswith(("/vsi", "http://", "https://"))
     if not is_gdal_path and not path.exists():

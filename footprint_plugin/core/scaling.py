@@ -146,22 +146,29 @@ def apply_scaling(
     params = _scaling_params(card)
     method = params["method"]
     values = _to_input_units(raw, params, stats.complex_input)
+    if values is raw or not values.flags.writeable:
+        values = values.copy()
+    # In-place arithmetic: this runs on every tile, on the critical path of inference.
     if method == "divide":
-        values = values / np.float32(params["value"])
+        values *= np.float32(1.0 / float(params["value"]))
     elif method in ("percentile", "db"):
         low = np.asarray(stats.low, np.float32).reshape(-1, 1, 1)
         span = np.maximum(np.asarray(stats.high, np.float32).reshape(-1, 1, 1) - low, np.float32(1e-6))
-        values = np.clip((values - low) / span, 0.0, 1.0)
+        values -= low
+        values *= np.float32(1.0) / span
+        np.clip(values, 0.0, 1.0, out=values)
     if stats.replicate_to > values.shape[0]:
         # Panchromatic into an RGB model: grey R = G = B, then each channel's own mean/std.
         values = np.repeat(values, stats.replicate_to // values.shape[0], axis=0)
     if "mean" in params and "std" in params:
         mean = _per_band(params["mean"], values.shape[0], card, "mean")
         std = _per_band(params["std"], values.shape[0], card, "std")
-        values = (values - mean) / np.maximum(std, np.float32(1e-12))
-    values = np.nan_to_num(values.astype(np.float32, copy=False), nan=0.0, posinf=0.0, neginf=0.0)
-    if valid_mask is not None:
-        values = np.where(valid_mask[np.newaxis], values, np.float32(0.0))
+        values -= mean
+        values *= np.float32(1.0) / np.maximum(std, np.float32(1e-12))
+    if raw.dtype.kind in "fc":
+        np.nan_to_num(values, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    if valid_mask is not None and not valid_mask.all():
+        values[:, ~valid_mask] = 0.0
     return np.ascontiguousarray(values, dtype=np.float32)
 
 

@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 
 from .augment import AugmentOptions, augment_chip, resize_chip
 from .callbacks import CancelCallback, ProgressCallback, check_canceled, sub_progress
@@ -32,6 +32,7 @@ from .modelcard import ModelCard, find_model, user_model_dir
 LogCallback = Callable[[str], None]
 
 DATA_CREDITS_HINT = "Credit the imagery and label sources of your training data here."
+THRESHOLD_CANDIDATES = (0.3, 0.4, 0.5, 0.6, 0.7)
 HEAD_LOSS_WEIGHTS = {"footprint": 1.0, "boundary": 0.5, "contact": 0.5}
 
 
@@ -81,6 +82,7 @@ class TrainingConfig:
     chips_per_epoch: Optional[int] = None  # None: about twice the training area per epoch
     scaling: Optional[dict[str, Any]] = None  # None: the base model's, else EO percentile 2-98 / SAR dB
     threshold: float = 0.5
+    calibrate_threshold: bool = True  # pick the card's threshold by validation F1 after training
     tile_size: int = 512
     tta: str = "none"
     description: str = ""
@@ -168,7 +170,7 @@ def _build_card(config: TrainingConfig, pairs: Sequence[TrainingPair], base: Opt
     allow_pan = config.sensor == "EO" and in_channels >= 3
     if base is not None:
         allow_pan = allow_pan and base.allow_panchromatic
-    for path, count in counts.items():
+    for count in counts.values():
         if count == in_channels or (count == 1 and allow_pan):
             continue
         listing = ", ".join(f"{Path(p).name}: {c}" for p, c in counts.items())
@@ -276,7 +278,7 @@ def _dice_loss(probabilities: torch.Tensor, targets: torch.Tensor, weight: torch
 def compute_loss(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, heads: Sequence[str], kind: str = "bce") -> torch.Tensor:
     """Masked (BCE or focal) + Dice per head, weighted by head. weight: (B,1,H,W) 0/1 supervision."""
     logits = logits.float()
-    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    bce = functional.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     if kind == "focal":
         p_t = torch.exp(-bce)
         bce = (1.0 - p_t) ** 2 * bce * 2.0
@@ -362,12 +364,20 @@ def evaluate_rasters(
     device: torch.device,
     roles: Sequence[str],
     is_canceled: Optional[CancelCallback] = None,
+    threshold: Optional[float] = None,
+    cache: Optional[dict[int, np.ndarray]] = None,
 ) -> dict[str, dict[str, Any]]:
-    """Object scores (IoU 0.5, real post-processing) and pixel IoU per area, for rasters with the given roles."""
+    """Object scores (IoU 0.5, real post-processing) and pixel IoU per area, for rasters with the given roles.
+
+    threshold overrides the card's; cache (raster index -> probabilities) lets several thresholds share one inference.
+    """
     from affine import Affine
 
+    if threshold is not None:
+        card = copy.copy(card)
+        card.threshold = threshold
     per_area: dict[str, dict[str, Any]] = {}
-    for raster in rasters:
+    for index, raster in enumerate(rasters):
         check_canceled(is_canceled)
         mask = raster.eval_mask()
         split = "test" if raster.role == "test" else "val"
@@ -376,7 +386,12 @@ def evaluate_rasters(
         r0, r1, c0, c1 = _crop_box(mask)
         crop_mask = mask[r0:r1, c0:c1]
         transform = raster.transform * Affine.translation(c0, r0)
-        probabilities = predict_array(model, raster.image[:, r0:r1, c0:c1], device, card.tile_size, card.overlap)
+        if cache is not None and index in cache:
+            probabilities = cache[index]
+        else:
+            probabilities = predict_array(model, raster.image[:, r0:r1, c0:c1], device, card.tile_size, card.overlap)
+            if cache is not None:
+                cache[index] = probabilities
         footprint = (probabilities[0] >= card.threshold) & crop_mask
         truth_pixels = raster.targets[0, r0:r1, c0:c1] > 0
         predictions = _polygonize(probabilities, transform, raster.crs_wkt, card, ~crop_mask)
@@ -413,7 +428,7 @@ def _summarise(per_area: dict[str, dict[str, Any]], split: str) -> dict[str, flo
 
 
 def _signature(config: TrainingConfig, pairs: Sequence[TrainingPair]) -> str:
-    ignored = {"resume", "max_minutes", "device", "out_dir", "patience", "epochs", "training_command", "description"}
+    ignored = {"resume", "max_minutes", "device", "out_dir", "patience", "epochs", "training_command", "description", "calibrate_threshold"}
     settings = {k: v for k, v in asdict(config).items() if k not in ignored}
     settings["pairs"] = [[str(p.raster.resolve()), str(p.labels.resolve()), str(p.aoi.resolve()) if p.aoi else "", p.name] for p in pairs]
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
@@ -670,15 +685,29 @@ def train_model(
     # 3. Final scores of the best checkpoint, then the model, card and report.
     model.load_state_dict(best_state)
     finish_progress = sub_progress(progress, 0.92, 1.0)
+    threshold_search: dict[str, float] = {}
+    if config.calibrate_threshold and has_validation:
+        cache: dict[int, np.ndarray] = {}
+        for candidate in THRESHOLD_CANDIDATES:
+            scores = evaluate_rasters(model, rasters, card, device, ("val",), is_canceled, threshold=candidate, cache=cache)
+            threshold_search[f"{candidate:g}"] = _summarise(scores, "val")["f1"]
+        del cache
+        best_threshold = max(THRESHOLD_CANDIDATES, key=lambda t: (threshold_search[f"{t:g}"], -abs(t - 0.5)))
+        log(f"Threshold {best_threshold:g} gives the best validation F1 ({threshold_search[f'{best_threshold:g}']:.3f}).")
+        card.threshold = float(best_threshold)
+    finish_progress(0.3)
     per_area = evaluate_rasters(model, rasters, card, device, roles=("val", "test"), is_canceled=is_canceled)
     finish_progress(0.5)
     metrics: dict[str, Any] = {
         "iou_threshold": 0.5,
+        "probability_threshold": card.threshold,
         "best_epoch": best_epoch,
         "epochs_trained": len(history),
         "stop_reason": stop_reason,
         "per_area": per_area,
     }
+    if threshold_search:
+        metrics["threshold_search_val_f1"] = threshold_search
     if any(e["split"] == "val" for e in per_area.values()):
         metrics["validation"] = _summarise(per_area, "val")
     if any(e["split"] == "test" for e in per_area.values()):

@@ -71,6 +71,8 @@ class DetectDialog(QDialog, FORM_CLASS):
         self.reload_models()
         self._restore_settings()
         self.buttonBox.button(QDialogButtonBox.StandardButton.Ok).setText(self.tr("Detect"))
+        self.buttonBox.accepted.connect(self.accept)
+        self.buttonBox.rejected.connect(self.reject)
         self.accepted.connect(self._save_settings)
 
     def reload_models(self) -> None:

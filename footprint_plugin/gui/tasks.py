@@ -96,6 +96,7 @@ def add_detection_layers(
     project = project or QgsProject.instance()
     root = project.layerTreeRoot()
     group = root.insertGroup(0, group_name)
+    group.setExpanded(True)
     added = []
     buildings = QgsVectorLayer(buildings_path, "Buildings", "ogr")
     if buildings.isValid():

@@ -7,12 +7,13 @@ import re
 from pathlib import Path
 from typing import Any, Optional
 
-from qgis.core import Qgis, QgsMapLayer, QgsProject, QgsRasterLayer, QgsSettings, QgsVectorLayer, QgsWkbTypes
+from qgis.core import Qgis, QgsMapLayer, QgsProject, QgsRasterLayer, QgsSettings, QgsVectorLayer
 from qgis.PyQt import uic
 from qgis.PyQt.QtCore import Qt, QTimer
 from qgis.PyQt.QtGui import QPixmap
 from qgis.PyQt.QtWidgets import QDialog, QDialogButtonBox, QListWidgetItem, QPushButton, QWidget
 
+from ..processing.compat import GEOMETRY_POLYGON
 from .tasks import AlgorithmRun
 
 UI_DIR = Path(__file__).resolve().parents[2] / "ui"
@@ -58,15 +59,18 @@ class TrainDialog(QDialog, FORM_CLASS):
         self.aoiCombo.clear()
         self.aoiCombo.addItem(self.tr("(none: the whole raster was digitized)"), "")
         active = self.iface.activeLayer() if self.iface is not None else None
-        for layer in QgsProject.instance().mapLayers().values():
-            if isinstance(layer, QgsRasterLayer) and layer.providerType() == "gdal":
-                item = QListWidgetItem(layer.name())
-                item.setData(Qt.ItemDataRole.UserRole, layer.id())
-                item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
-                checked = layer is active or self.rasterList.count() == 0
-                item.setCheckState(Qt.CheckState.Checked if checked else Qt.CheckState.Unchecked)
-                self.rasterList.addItem(item)
-            elif isinstance(layer, QgsVectorLayer) and layer.geometryType() == QgsWkbTypes.GeometryType.PolygonGeometry:
+        layers = [node.layer() for node in QgsProject.instance().layerTreeRoot().findLayers() if node.layer()]
+        rasters = [layer for layer in layers if isinstance(layer, QgsRasterLayer) and layer.providerType() == "gdal"]
+        # Tick the active raster, else the first one; probability rasters from earlier runs stay unticked.
+        ticked = active if active in rasters else (rasters[0] if rasters else None)
+        for layer in rasters:
+            item = QListWidgetItem(layer.name())
+            item.setData(Qt.ItemDataRole.UserRole, layer.id())
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            item.setCheckState(Qt.CheckState.Checked if layer is ticked else Qt.CheckState.Unchecked)
+            self.rasterList.addItem(item)
+        for layer in layers:
+            if isinstance(layer, QgsVectorLayer) and layer.geometryType() == GEOMETRY_POLYGON:
                 self.buildingsCombo.addItem(layer.name(), layer.id())
                 self.aoiCombo.addItem(layer.name(), layer.id())
 

@@ -82,7 +82,9 @@ def to_qgs_geometry(geometry: Any) -> QgsGeometry:
     import shapely
 
     qgs = QgsGeometry()
-    qgs.fromWkb(shapely.to_wkb(geometry))
+    # Explicit 2D: inside the QGIS desktop, shapely may run on QGIS's older GEOS, which rejects the
+    # default (4 dimensions) with "WKB output dimension must be 2 or 3".
+    qgs.fromWkb(shapely.to_wkb(geometry, output_dimension=2))
     qgs.convertToMultiType()
     return qgs
 

@@ -8,7 +8,6 @@ from typing import Any
 
 from qgis.core import (
     QgsCoordinateTransform,
-    QgsProcessing,
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
@@ -22,10 +21,10 @@ from qgis.core import (
     QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterNumber,
     QgsProcessingParameterString,
-    QgsWkbTypes,
 )
 
 from .base import GROUP_DETECT, FeedbackAdapter, FootprintAlgorithm, add_polygon_features, building_fields, crs_from_wkt
+from .compat import FILE_FOLDER, NUMBER_DOUBLE, SOURCE_POLYGON, SOURCE_RASTER, WKB_MULTIPOLYGON
 from .detect_buildings import DEVICES, default_model, model_names, resolve_card
 
 
@@ -56,13 +55,13 @@ class BatchDetectAlgorithm(FootprintAlgorithm):
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
         self.addParameter(
             QgsProcessingParameterFile(
-                self.FOLDER, self.tr("Folder of tiles"), behavior=QgsProcessingParameterFile.Behavior.Folder, optional=True
+                self.FOLDER, self.tr("Folder of tiles"), behavior=FILE_FOLDER, optional=True
             )
         )
         self.addParameter(QgsProcessingParameterString(self.PATTERN, self.tr("File pattern in the folder"), "*.tif"))
         self.addParameter(
             QgsProcessingParameterMultipleLayers(
-                self.RASTERS, self.tr("Raster tiles"), QgsProcessing.SourceType.TypeRaster, optional=True
+                self.RASTERS, self.tr("Raster tiles"), SOURCE_RASTER, optional=True
             )
         )
         self.addParameter(
@@ -77,12 +76,12 @@ class BatchDetectAlgorithm(FootprintAlgorithm):
         self.addParameter(
             QgsProcessingParameterNumber(
                 self.THRESHOLD, self.tr("Probability threshold (empty: model card default)"),
-                QgsProcessingParameterNumber.Type.Double, optional=True, minValue=0.0, maxValue=1.0,
+                NUMBER_DOUBLE, optional=True, minValue=0.0, maxValue=1.0,
             )
         )
         self.addParameter(
             QgsProcessingParameterNumber(
-                self.MIN_AREA, self.tr("Minimum building area (m²)"), QgsProcessingParameterNumber.Type.Double,
+                self.MIN_AREA, self.tr("Minimum building area (m²)"), NUMBER_DOUBLE,
                 defaultValue=20.0, minValue=0.0,
             )
         )
@@ -92,7 +91,7 @@ class BatchDetectAlgorithm(FootprintAlgorithm):
                 self.TTA, self.tr("Test-time augmentation (the model card's policy, e.g. d4: 8 passes)"), False
             )
         )
-        self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, self.tr("Buildings"), QgsProcessing.SourceType.TypeVectorPolygon))
+        self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, self.tr("Buildings"), SOURCE_POLYGON))
         self.addParameter(
             QgsProcessingParameterFolderDestination(
                 self.PROBABILITY_FOLDER, self.tr("Folder for per-tile probability rasters"), optional=True, createByDefault=False
@@ -147,7 +146,9 @@ class BatchDetectAlgorithm(FootprintAlgorithm):
         sink = dest_id = sink_crs = None
         skipped: list[str] = []
         n_buildings = n_done = 0
-        model = None
+        from ..core.zoo import load_model
+
+        model = load_model(card, "cpu")  # verified and built once, not once per tile
         for index, tile in enumerate(tiles):
             if feedback.isCanceled():
                 raise CanceledError()
@@ -173,7 +174,7 @@ class BatchDetectAlgorithm(FootprintAlgorithm):
             if sink is None:
                 sink_crs = tile_crs
                 sink, dest_id = self.parameterAsSink(
-                    parameters, self.OUTPUT, context, fields, QgsWkbTypes.Type.MultiPolygon, sink_crs
+                    parameters, self.OUTPUT, context, fields, WKB_MULTIPOLYGON, sink_crs
                 )
                 if sink is None:
                     raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))

@@ -9,7 +9,6 @@ from typing import Any
 from qgis.core import (
     QgsCoordinateTransform,
     QgsGeometry,
-    QgsProcessing,
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
@@ -25,10 +24,10 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
     QgsRasterLayer,
     QgsRectangle,
-    QgsWkbTypes,
 )
 
 from .base import GROUP_DETECT, FeedbackAdapter, FootprintAlgorithm, add_polygon_features, building_fields, crs_from_wkt
+from .compat import NUMBER_DOUBLE, SOURCE_POLYGON, WKB_MULTIPOLYGON
 
 DEVICES = ["auto", "cpu", "cuda"]
 
@@ -151,7 +150,7 @@ class DetectBuildingsAlgorithm(FootprintAlgorithm):
         threshold = QgsProcessingParameterNumber(
             self.THRESHOLD,
             self.tr("Probability threshold (empty: model card default)"),
-            QgsProcessingParameterNumber.Type.Double,
+            NUMBER_DOUBLE,
             optional=True,
             minValue=0.0,
             maxValue=1.0,
@@ -161,7 +160,7 @@ class DetectBuildingsAlgorithm(FootprintAlgorithm):
             QgsProcessingParameterNumber(
                 self.MIN_AREA,
                 self.tr("Minimum building area (m²)"),
-                QgsProcessingParameterNumber.Type.Double,
+                NUMBER_DOUBLE,
                 defaultValue=20.0,
                 minValue=0.0,
             )
@@ -175,10 +174,10 @@ class DetectBuildingsAlgorithm(FootprintAlgorithm):
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, self.tr("Limit to extent"), optional=True))
         self.addParameter(
             QgsProcessingParameterFeatureSource(
-                self.MASK, self.tr("Limit to mask polygons"), [QgsProcessing.SourceType.TypeVectorPolygon], optional=True
+                self.MASK, self.tr("Limit to mask polygons"), [SOURCE_POLYGON], optional=True
             )
         )
-        self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, self.tr("Buildings"), QgsProcessing.SourceType.TypeVectorPolygon))
+        self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, self.tr("Buildings"), SOURCE_POLYGON))
         self.addParameter(
             QgsProcessingParameterRasterDestination(self.PROBABILITY, self.tr("Building probability"), optional=True)
         )
@@ -241,7 +240,7 @@ class DetectBuildingsAlgorithm(FootprintAlgorithm):
         # The sink is created only now, so a failed or canceled run leaves no empty output file.
         fields = building_fields()
         sink, dest_id = self.parameterAsSink(
-            parameters, self.OUTPUT, context, fields, QgsWkbTypes.Type.MultiPolygon, crs_from_wkt(result.crs_wkt) if result.crs_wkt else layer.crs()
+            parameters, self.OUTPUT, context, fields, WKB_MULTIPOLYGON, crs_from_wkt(result.crs_wkt) if result.crs_wkt else layer.crs()
         )
         if sink is None:
             raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
@@ -257,7 +256,7 @@ class DetectBuildingsAlgorithm(FootprintAlgorithm):
             "N_BUILDINGS": written,
             "SECONDS": result.seconds,
             "MP_PER_S": result.mp_per_s,
-            "DEVICE_USED": f"{result.device_name} ({result.device})" + (f": {result.device_note}" if result.device_note else ""),
+            "DEVICE_USED": result.device_name,
             "MODEL_USED": result.model,
         }
 

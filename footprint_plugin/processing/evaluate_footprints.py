@@ -6,7 +6,6 @@ import json
 from typing import Any
 
 from qgis.core import (
-    QgsProcessing,
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
@@ -16,10 +15,10 @@ from qgis.core import (
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
-    QgsWkbTypes,
 )
 
 from .base import GROUP_VECTOR, FeedbackAdapter, FootprintAlgorithm, add_polygon_features, crs_from_wkt, make_fields
+from .compat import NUMBER_DOUBLE, SOURCE_POLYGON, WKB_MULTIPOLYGON
 
 VECTOR_FORMATS = ["gpkg", "geojson", "shp"]
 
@@ -49,19 +48,19 @@ class EvaluateFootprintsAlgorithm(FootprintAlgorithm):
     )
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
-        polygon = [QgsProcessing.SourceType.TypeVectorPolygon]
+        polygon = [SOURCE_POLYGON]
         self.addParameter(QgsProcessingParameterFeatureSource(self.PREDICTED, self.tr("Predicted buildings"), polygon))
         self.addParameter(QgsProcessingParameterFeatureSource(self.REFERENCE, self.tr("Reference buildings"), polygon))
         self.addParameter(QgsProcessingParameterFeatureSource(self.AOI, self.tr("Area of interest"), polygon, optional=True))
         self.addParameter(
             QgsProcessingParameterNumber(
-                self.IOU_THRESHOLD, self.tr("IoU threshold"), QgsProcessingParameterNumber.Type.Double, 0.5,
+                self.IOU_THRESHOLD, self.tr("IoU threshold"), NUMBER_DOUBLE, 0.5,
                 minValue=0.01, maxValue=1.0,
             )
         )
         self.addParameter(
             QgsProcessingParameterNumber(
-                self.MIN_AREA, self.tr("Minimum building area (m²)"), QgsProcessingParameterNumber.Type.Double, 0.0, minValue=0.0
+                self.MIN_AREA, self.tr("Minimum building area (m²)"), NUMBER_DOUBLE, 0.0, minValue=0.0
             )
         )
         for name, label in (
@@ -71,7 +70,7 @@ class EvaluateFootprintsAlgorithm(FootprintAlgorithm):
         ):
             self.addParameter(
                 QgsProcessingParameterFeatureSink(
-                    name, self.tr(label), QgsProcessing.SourceType.TypeVectorPolygon, optional=True, createByDefault=True
+                    name, self.tr(label), SOURCE_POLYGON, optional=True, createByDefault=True
                 )
             )
         self.addParameter(
@@ -128,7 +127,7 @@ class EvaluateFootprintsAlgorithm(FootprintAlgorithm):
         outputs: dict[str, Any] = {}
         for name, spec, geometries, attributes in layers:
             fields = make_fields(spec)
-            sink, dest_id = self.parameterAsSink(parameters, name, context, fields, QgsWkbTypes.Type.MultiPolygon, crs)
+            sink, dest_id = self.parameterAsSink(parameters, name, context, fields, WKB_MULTIPOLYGON, crs)
             if sink is None:
                 continue
             add_polygon_features(sink, fields, geometries, attributes, feedback)

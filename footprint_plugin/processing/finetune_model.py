@@ -11,6 +11,7 @@ from qgis.core import (
 )
 
 from .base import GROUP_TRAIN
+from .compat import NUMBER_INTEGER
 from .detect_buildings import default_model, model_names, resolve_card
 from .train_model import TrainModelAlgorithm
 
@@ -41,7 +42,7 @@ class FinetuneModelAlgorithm(TrainModelAlgorithm):
         )
         self.addParameter(
             QgsProcessingParameterNumber(
-                self.FREEZE_EPOCHS, self.tr("Frozen-encoder epochs"), QgsProcessingParameterNumber.Type.Integer, 2, minValue=0
+                self.FREEZE_EPOCHS, self.tr("Frozen-encoder epochs"), NUMBER_INTEGER, 2, minValue=0
             )
         )
 

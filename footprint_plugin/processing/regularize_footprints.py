@@ -11,7 +11,6 @@ from qgis.core import (
     QgsFeatureSink,
     QgsField,
     QgsFields,
-    QgsProcessing,
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
@@ -19,10 +18,10 @@ from qgis.core import (
     QgsProcessingParameterFeatureSink,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterNumber,
-    QgsWkbTypes,
 )
 
 from .base import GROUP_VECTOR, FootprintAlgorithm, _field_type, from_qgs_geometry, to_qgs_geometry
+from .compat import NUMBER_DOUBLE, SOURCE_POLYGON, WKB_MULTIPOLYGON
 
 
 def metric_crs(source_crs: QgsCoordinateReferenceSystem, longitude: float, latitude: float) -> QgsCoordinateReferenceSystem:
@@ -54,21 +53,21 @@ class RegularizeFootprintsAlgorithm(FootprintAlgorithm):
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
         self.addParameter(
             QgsProcessingParameterFeatureSource(
-                self.INPUT, self.tr("Building polygons"), [QgsProcessing.SourceType.TypeVectorPolygon]
+                self.INPUT, self.tr("Building polygons"), [SOURCE_POLYGON]
             )
         )
         self.addParameter(
             QgsProcessingParameterNumber(
-                self.TOLERANCE, self.tr("Tolerance (m)"), QgsProcessingParameterNumber.Type.Double, 0.5, minValue=0.0
+                self.TOLERANCE, self.tr("Tolerance (m)"), NUMBER_DOUBLE, 0.5, minValue=0.0
             )
         )
         self.addParameter(
             QgsProcessingParameterNumber(
-                self.MIN_IOU, self.tr("Minimum IoU with the original"), QgsProcessingParameterNumber.Type.Double, 0.8,
+                self.MIN_IOU, self.tr("Minimum IoU with the original"), NUMBER_DOUBLE, 0.8,
                 minValue=0.0, maxValue=1.0,
             )
         )
-        self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, self.tr("Regularized buildings"), QgsProcessing.SourceType.TypeVectorPolygon))
+        self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, self.tr("Regularized buildings"), SOURCE_POLYGON))
         self.addOutput(QgsProcessingOutputNumber("N_REGULARIZED", self.tr("Outlines squared")))
 
     def perform(
@@ -101,7 +100,7 @@ class RegularizeFootprintsAlgorithm(FootprintAlgorithm):
             feedback.pushWarning("The layer has no CRS; treating its coordinates as metres.")
 
         sink, dest_id = self.parameterAsSink(
-            parameters, self.OUTPUT, context, fields, QgsWkbTypes.Type.MultiPolygon, source_crs
+            parameters, self.OUTPUT, context, fields, WKB_MULTIPOLYGON, source_crs
         )
         if sink is None:
             raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))

@@ -7,14 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from qgis.core import (
-    QgsProcessing,
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingOutputFile,
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterFolderDestination,
@@ -24,6 +22,7 @@ from qgis.core import (
 )
 
 from .base import GROUP_TRAIN, FeedbackAdapter, FootprintAlgorithm
+from .compat import FLAG_ADVANCED, NUMBER_DOUBLE, NUMBER_INTEGER, SOURCE_POLYGON, SOURCE_RASTER
 from .detect_buildings import DEVICES
 
 ARCHITECTURES = ["unet_mobilenetv2", "unet_resnet34", "unet_vgg11", "deeplabv3plus_resnet"]
@@ -59,30 +58,30 @@ class TrainModelAlgorithm(FootprintAlgorithm):
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
         self.addParameter(
-            QgsProcessingParameterMultipleLayers(self.INPUT, self.tr("Raster(s)"), QgsProcessing.SourceType.TypeRaster)
+            QgsProcessingParameterMultipleLayers(self.INPUT, self.tr("Raster(s)"), SOURCE_RASTER)
         )
-        polygon = [QgsProcessing.SourceType.TypeVectorPolygon]
+        polygon = [SOURCE_POLYGON]
         self.addParameter(QgsProcessingParameterFeatureSource(self.BUILDINGS, self.tr("Building polygons"), polygon))
         self.addParameter(
             QgsProcessingParameterFeatureSource(self.AOI, self.tr("Area digitized (optional)"), polygon, optional=True)
         )
         self.add_model_parameter()
         self.addParameter(
-            QgsProcessingParameterNumber(self.EPOCHS, self.tr("Epochs"), QgsProcessingParameterNumber.Type.Integer, 20, minValue=1, maxValue=1000)
+            QgsProcessingParameterNumber(self.EPOCHS, self.tr("Epochs"), NUMBER_INTEGER, 20, minValue=1, maxValue=1000)
         )
         self.addParameter(QgsProcessingParameterString(self.NAME_PARAM, self.tr("New model name"), "my_buildings"))
         self.addParameter(
             QgsProcessingParameterEnum(self.DEVICE, self.tr("Device"), options=DEVICES, defaultValue="auto", usesStaticStrings=True)
         )
         advanced = [
-            QgsProcessingParameterNumber(self.BATCH_SIZE, self.tr("Batch size"), QgsProcessingParameterNumber.Type.Integer, 8, minValue=1, maxValue=256),
-            QgsProcessingParameterNumber(self.CHIP_SIZE, self.tr("Chip size (pixels, multiple of 32)"), QgsProcessingParameterNumber.Type.Integer, 256, minValue=64, maxValue=2048),
-            QgsProcessingParameterNumber(self.LEARNING_RATE, self.tr("Learning rate"), QgsProcessingParameterNumber.Type.Double, self.default_learning_rate(), minValue=1e-6, maxValue=1.0),
-            QgsProcessingParameterNumber(self.MAX_MINUTES, self.tr("Stop after (minutes, 0: no limit)"), QgsProcessingParameterNumber.Type.Double, 0.0, minValue=0.0),
+            QgsProcessingParameterNumber(self.BATCH_SIZE, self.tr("Batch size"), NUMBER_INTEGER, 8, minValue=1, maxValue=256),
+            QgsProcessingParameterNumber(self.CHIP_SIZE, self.tr("Chip size (pixels, multiple of 32)"), NUMBER_INTEGER, 256, minValue=64, maxValue=2048),
+            QgsProcessingParameterNumber(self.LEARNING_RATE, self.tr("Learning rate"), NUMBER_DOUBLE, self.default_learning_rate(), minValue=1e-6, maxValue=1.0),
+            QgsProcessingParameterNumber(self.MAX_MINUTES, self.tr("Stop after (minutes, 0: no limit)"), NUMBER_DOUBLE, 0.0, minValue=0.0),
             QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, self.tr("Model folder (empty: user model folder)"), optional=True, createByDefault=False),
         ]
         for parameter in advanced:
-            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
+            parameter.setFlags(parameter.flags() | FLAG_ADVANCED)
             self.addParameter(parameter)
         self.addOutput(QgsProcessingOutputFile("MODEL_CARD", self.tr("Model card")))
         self.addOutput(QgsProcessingOutputFile("REPORT", self.tr("Training report (PNG)")))

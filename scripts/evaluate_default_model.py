@@ -1,0 +1,59 @@
+"""Score the bundled default model on the areas held out of its training, through the user-facing path.
+
+    .venv/bin/python scripts/evaluate_default_model.py [--model footprint_eo_mobilenet] [--tta]
+
+Each held-out raster goes through detect_buildings (tiled inference + polygons, as `detect` does)
+and evaluate_files (SpaceNet object F1 at IoU 0.5, clipped to the raster, as `evaluate` does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+HELD_OUT = (
+    ("hotosm_kampala_z19", "eo/hotosm_kampala/mosaic_z19.vrt", "eo/hotosm_kampala/labels.geojson"),
+    ("hotosm_kampala_z20", "eo/hotosm_kampala/mosaic_z20.vrt", "eo/hotosm_kampala/labels.geojson"),
+    ("spacenet4_atlanta_pan", "eo/spacenet4_atlanta_pan/tiles/sample_geotiff.tif", "eo/spacenet4_atlanta_pan/labels.geojson"),
+)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="footprint_eo_mobilenet")
+    parser.add_argument("--data", type=Path, default=REPO_ROOT.parent / "shared" / "data")
+    parser.add_argument("--tta", action="store_true", help="test-time augmentation (the card's policy)")
+    parser.add_argument("--min-area", type=float, default=0.0, help="ignore polygons smaller than this in both, m²")
+    args = parser.parse_args(argv)
+
+    from footprint_plugin.core.evaluate import evaluate_files
+    from footprint_plugin.core.inference import InferenceOptions
+    from footprint_plugin.core.modelcard import find_model
+    from footprint_plugin.core.pipeline import detect_buildings
+
+    card = find_model(args.model)
+    results = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for name, raster, labels in HELD_OUT:
+            predicted = Path(scratch) / f"{name}.gpkg"
+            detection = detect_buildings(args.data / raster, predicted, card, inference_options=InferenceOptions(tta=args.tta))
+            scores = evaluate_files(predicted, args.data / labels, raster_path=args.data / raster, min_area_m2=args.min_area)
+            results[name] = {
+                **scores.scores.to_dict(),
+                "pixel_iou": round(scores.pixel["iou"], 4),
+                "n_ground_truth": scores.n_ground_truth,
+                "detect_seconds": round(detection.seconds, 1),
+            }
+            print(name, json.dumps(results[name]), flush=True)
+    print(json.dumps({"model": card.display_name, "tta": args.tta, "min_area_m2": args.min_area, "areas": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""Runs inside the real QGIS desktop (`qgis --code tests/desktop_driver.py`), driven by tests/test_desktop.py.
+
+Triggers the plugin's "Detect buildings" action on the project's raster, accepts the dialog, waits for the
+task's layers, saves screenshots and a status.json into $FOOTPRINT_DESKTOP_ARTIFACTS, then quits QGIS.
+"""
+
+import json
+import os
+import subprocess
+import time
+import traceback
+from pathlib import Path
+
+from qgis.core import QgsApplication, QgsProject, QgsRasterLayer
+from qgis.PyQt.QtCore import QTimer
+from qgis.PyQt.QtWidgets import QDialogButtonBox
+from qgis.utils import iface, plugins
+
+ARTIFACTS = Path(os.environ["FOOTPRINT_DESKTOP_ARTIFACTS"])
+STATUS = {"ok": False, "steps": []}
+STATE = {}
+
+
+def write_status():
+    (ARTIFACTS / "status.json").write_text(json.dumps(STATUS, indent=1, default=str))
+
+
+def log(message):
+    STATUS["steps"].append(f"{time.strftime('%H:%M:%S')} {message}")
+    write_status()
+
+
+def screenshot(name):
+    subprocess.run(["import", "-window", "root", str(ARTIFACTS / name)], check=False, timeout=60)
+    log(f"screenshot {name}")
+
+
+def finish(ok, error=""):
+    STATUS["ok"] = ok
+    if error:
+        STATUS["error"] = error
+    write_status()
+    QgsProject.instance().setDirty(False)
+    QTimer.singleShot(500, iface.actionExit().trigger)
+
+
+def guarded(step):
+    def wrapper():
+        try:
+            step()
+        except Exception:  # noqa: BLE001 - report any failure to the test instead of hanging QGIS
+            finish(False, traceback.format_exc())
+
+    return wrapper
+
+
+@guarded
+def start():
+    plugin = plugins.get("building_footprints")
+    if plugin is None:
+        return finish(False, f"plugin not loaded; loaded plugins: {sorted(plugins)}")
+    rasters = [layer for layer in QgsProject.instance().mapLayers().values() if isinstance(layer, QgsRasterLayer)]
+    if not rasters:
+        return finish(False, "the project has no raster layer")
+    STATE.update(plugin=plugin, layer=rasters[0])
+    iface.setActiveLayer(rasters[0])
+    iface.mapCanvas().setExtent(rasters[0].extent())
+    log(f"triggering Detect buildings on {rasters[0].name()}")
+    plugin.detect_action.trigger()
+    QTimer.singleShot(2000, accept_dialog)
+
+
+@guarded
+def accept_dialog():
+    dialog = STATE["plugin"]._dialogs.get("detect")
+    if dialog is None or not dialog.isVisible():
+        return finish(False, "the Detect buildings dialog did not open")
+    STATUS["dialog_model"] = dialog.modelCombo.currentText()
+    STATUS["dialog_device"] = dialog.deviceInfo.text()
+    screenshot("1_detect_dialog.png")
+    dialog.outputEdit.setText(str(ARTIFACTS / "buildings.gpkg"))
+    dialog.buttonBox.button(QDialogButtonBox.StandardButton.Ok).click()
+    STATE["started"] = time.monotonic()
+    log("dialog accepted")
+    QTimer.singleShot(500, wait_for_task)
+
+
+@guarded
+def wait_for_task():
+    run = STATE["plugin"].last_run
+    if run is None or not run.done:
+        elapsed = time.monotonic() - STATE["started"]
+        if int(elapsed * 2) % 20 == 0:
+            tasks = [(t.description(), int(t.status()), round(t.progress(), 1)) for t in QgsApplication.taskManager().tasks()]
+            log(f"waiting {elapsed:.0f} s: progress {run.feedback.progress() if run else None}, tasks {tasks}")
+        if elapsed > 420:
+            return finish(False, "the detection task did not finish in 7 minutes")
+        QTimer.singleShot(500, wait_for_task)
+        return
+    STATUS["task_succeeded"] = run.succeeded
+    STATUS["results"] = {k: v for k, v in run.results.items() if isinstance(v, (int, float, str))}
+    group = QgsProject.instance().layerTreeRoot().findGroup(STATE["layer"].name())
+    STATUS["group_layers"] = [node.layer().name() for node in group.findLayers()] if group else []
+    log("task finished")
+    iface.mapCanvas().setExtent(STATE["layer"].extent())
+    iface.mapCanvas().refreshAllLayers()
+    QTimer.singleShot(4000, take_result_screenshot)
+
+
+@guarded
+def take_result_screenshot():
+    screenshot("2_result.png")
+    STATE["plugin"].show_model_manager()
+    QTimer.singleShot(1500, show_train_dialog)
+
+
+@guarded
+def show_train_dialog():
+    screenshot("3_model_manager.png")
+    STATE["plugin"]._dialogs["models"].close()
+    STATE["plugin"].show_train_dialog()
+    QTimer.singleShot(1500, last_screenshot)
+
+
+@guarded
+def last_screenshot():
+    screenshot("4_train_dialog.png")
+    STATE["plugin"]._dialogs["train"].close()
+    finish(bool(STATUS.get("task_succeeded")) and len(STATUS["group_layers"]) == 2)
+
+
+def record_message(message, tag, level):
+    if level >= 1:  # warnings and errors from QGIS, Python and Processing end up in the status file
+        STATUS.setdefault("qgis_messages", []).append(f"[{tag}] {message[-2000:]}")
+        write_status()
+
+
+ARTIFACTS.mkdir(parents=True, exist_ok=True)
+QgsApplication.messageLog().messageReceived.connect(record_message)
+log("driver loaded")
+QTimer.singleShot(3000, start)
