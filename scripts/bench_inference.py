@@ -12,7 +12,8 @@ give the "physical limit" MP/s a perfectly efficient implementation could reach.
     python scripts/bench_inference.py --big           # 20000 x 20000 x 3 raster, peak RSS check
 
 Rasters are written to /tmp (never into the repository). Weights are random (speed does not
-depend on them); the bf16 column shows how often bf16 and fp32 masks disagree for these weights.
+depend on them) unless --card names a trained model; the last column compares bf16 with fp32 on
+one batch (mask IoU / largest probability difference), the check inference itself makes.
 """
 
 from __future__ import annotations
@@ -123,8 +124,17 @@ def bench_card(architecture: str):
 
 
 def random_model(architecture: str) -> torch.nn.Module:
+    """Random weights, or the trained weights of --card (FOOTPRINT_BENCH_CARD) when it matches."""
     from footprint_plugin.core.models import create_model
 
+    card_path = os.environ.get("FOOTPRINT_BENCH_CARD")
+    if card_path:
+        from footprint_plugin.core.modelcard import load_card
+        from footprint_plugin.core.zoo import load_model
+
+        card = load_card(card_path)
+        if card.architecture == architecture and card.in_channels == 3 and card.out_channels == 1:
+            return load_model(card)
     torch.manual_seed(0)
     return create_model(architecture, 3, 1).eval()
 
@@ -166,7 +176,9 @@ def model_only(architecture: str, precision: str, device: str, reps: int, batch:
     result = {"model_mps": batch * TILE * TILE / 1e6 / seconds}
     if precision == "bf16":
         reference = runner.run(x, "fp32")
-        result["mask_disagreement"] = float(np.mean((reference >= 0.5) != (out >= 0.5)))
+        from footprint_plugin.core.inference import bf16_agreement
+
+        result["bf16_iou"], result["bf16_max_diff"] = bf16_agreement(reference, out, 0.5)
     return result
 
 
@@ -239,8 +251,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--card", help="a trained model card (3 bands, 1 head): its weights replace random ones")
     parser.add_argument("--child", choices=["e2e", "model"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.card:
+        os.environ["FOOTPRINT_BENCH_CARD"] = str(Path(args.card).resolve())
     if args.child:
         child(args)
         return
@@ -277,7 +292,7 @@ def main() -> None:
     print(f"end to end: {args.size} x {args.size} x 3 uint8 tiled GeoTIFF, tiles {TILE} px, overlap {OVERLAP} px")
     header = (
         f"{'architecture':22} {'prec':5} {'e2e MP/s':>9} {'model MP/s':>10} {'peak RSS MB':>11} "
-        f"{'GFLOP/MP':>9} {'limit MP/s':>10} {'model/limit':>11} {'bf16 mask diff':>14}"
+        f"{'GFLOP/MP':>9} {'limit MP/s':>10} {'model/limit':>11} {'bf16 IoU/diff':>14}"
     )
     print(header)
     print("-" * len(header))
@@ -287,12 +302,13 @@ def main() -> None:
             model = run_child("model", arch, precision, args)
             e2e = run_child("e2e", arch, precision, args)
             limit = gflops.get(precision, gflops["fp32"]) / flop
-            diff = model.get("mask_disagreement")
+            iou = model.get("bf16_iou")
+            diff = None if iou is None else f"{iou:.3f} / {model['bf16_max_diff']:.2f}"
             print(
                 f"{arch:22} {e2e.get('precision', precision):5} {e2e.get('e2e_mps', float('nan')):9.2f} "
                 f"{model.get('model_mps', float('nan')):10.2f} {e2e.get('peak_rss_mb', float('nan')):11.0f} "
                 f"{flop:9.1f} {limit:10.2f} {model.get('model_mps', float('nan')) / limit:11.0%} "
-                f"{'' if diff is None else f'{diff:.2%}':>14}",
+                f"{diff or '':>14}",
                 flush=True,
             )
 

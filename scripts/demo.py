@@ -64,7 +64,12 @@ def start_qgis():
     return app
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="model name (default: the bundled default model)")
+    args = parser.parse_args(argv)
     app = start_qgis()
     import processing
     from qgis.core import QgsApplication, QgsProcessingFeedback
@@ -80,7 +85,7 @@ def main() -> int:
         print(deps.install_hint(missing))
         return 2
     raster, labels = fetch_sample()
-    model = default_model_name()
+    model = args.model or default_model_name()
     if model is None:
         print("Not yet: no bundled model yet in model_zoo/ (the model-training issue adds it). "
               "The set-up, the sample download and the Processing provider work; re-run `make demo` once it lands.")

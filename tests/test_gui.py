@@ -109,7 +109,9 @@ def test_train_dialog_trains_and_new_model_is_listed(plugin, qgis_iface, shared_
 
     kampala = shared_data / "eo" / "hotosm_kampala"
     raster = sorted((kampala / "tiles").glob("OAM-*-19.tif"))[0]
-    _load_active_raster(qgis_iface, raster)
+    active = _load_active_raster(qgis_iface, raster)
+    other = QgsRasterLayer(str(sorted((kampala / "tiles").glob("OAM-*-19.tif"))[1]), "other")
+    QgsProject.instance().addMapLayer(other)
     labels = QgsVectorLayer(str(kampala / "labels.geojson"), "digitized", "ogr")
     QgsProject.instance().addMapLayer(labels)
     plugin.show_train_dialog()
@@ -120,6 +122,7 @@ def test_train_dialog_trains_and_new_model_is_listed(plugin, qgis_iface, shared_
     dialog.deviceCombo.setCurrentText("cpu")
     dialog.nameEdit.setText("gui_trained")
     assert dialog.buildingsCombo.currentData() == labels.id()
+    assert dialog.checked_rasters() == [active]
     run = dialog.start()
     assert run is not None, dialog.statusLabel.text()
     assert wait_until(lambda: run.done), "training never finished"
@@ -178,3 +181,21 @@ def test_dependency_installer_runs_pip_without_blocking(plugin, monkeypatch, exi
     assert "pip says hello" in dialog.output.toPlainText()
     assert dialog.output.isVisibleTo(dialog) == (exit_code != 0)
     dialog.close()
+
+
+def test_detect_with_missing_dependencies_offers_the_installer(plugin, qgis_iface, shared_data, monkeypatch):
+    from building_footprints.footprint_plugin import deps
+
+    raster = sorted((shared_data / "eo" / "hotosm_kampala" / "tiles").glob("OAM-*-19.tif"))[0]
+    _load_active_raster(qgis_iface, raster)
+    monkeypatch.setattr(deps, "missing_dependencies", lambda: ["torch"])
+    plugin.detect_action.trigger()
+    assert "detect" not in plugin._dialogs
+    installer = plugin._dialogs["deps"]
+    assert installer.isVisible() and "torch" in installer.status.text()
+    warnings = qgis_iface.messageBar().get_messages(Qgis.MessageLevel.Warning)
+    assert any("Install dependencies" in m for m in warnings), warnings
+    installer.cuda_radio.setChecked(True)
+    assert deps.TORCH_INDEX_CUDA in installer.command() and "--target" in installer.command()
+    installer.cpu_radio.setChecked(True)
+    assert deps.TORCH_INDEX_CPU in installer.command()

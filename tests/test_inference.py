@@ -552,3 +552,21 @@ def test_grid_resampler_streams_exact_bilinear_interpolation(in_size, model_size
     fy = np.clip((np.arange(in_h) + 0.5) * m_h / in_h - 0.5, 0, m_h - 1)[:, None]
     fx = np.clip((np.arange(in_w) + 0.5) * m_w / in_w - 0.5, 0, m_w - 1)[None, :]
     assert np.allclose(out[0], fy + 2 * fx, atol=1e-3) and np.allclose(out[1], 3 * fy - fx, atol=1e-3)
+
+
+def test_bf16_agreement_measures_mask_iou_and_probability_change():
+    from footprint_plugin.core.inference import BF16_MIN_MASK_IOU, bf16_agreement
+
+    reference = np.zeros((1, 1, 100, 100), np.float32)
+    reference[..., :50, :50] = 0.9  # 25 % buildings
+    same = reference + 0.01
+    assert bf16_agreement(reference, same, 0.5) == pytest.approx((1.0, 0.01))
+    shifted = reference.copy()
+    shifted[..., 50:53, :50] = 0.9  # 150 more pixels: IoU 2500 / 2650
+    iou, max_diff = bf16_agreement(reference, shifted, 0.5)
+    assert iou == pytest.approx(2500 / 2650) and iou < BF16_MIN_MASK_IOU and max_diff == pytest.approx(0.9)
+    # A batch without buildings: one flipped pixel must not count as a total mismatch.
+    empty = np.zeros((1, 1, 100, 100), np.float32)
+    flipped = empty.copy()
+    flipped[..., 0, 0] = 0.6
+    assert bf16_agreement(empty, flipped, 0.5)[0] == pytest.approx(0.99)

@@ -185,3 +185,18 @@ def tiny_model_dir_of(_name: str) -> str:
     import os
 
     return os.environ["FOOTPRINT_USER_MODELS"]
+
+
+def test_regularize_geographic_layer_keeps_crs_and_size(provider, shared_data, tmp_path):
+    from qgis.core import QgsDistanceArea, QgsProject
+
+    source = QgsVectorLayer(str(shared_data / KAMPALA / "labels.geojson"), "osm", "ogr")
+    results = run("footprint:regularizefootprints", {"INPUT": source, "OUTPUT": str(tmp_path / "sq.gpkg")})
+    out = QgsVectorLayer(str(results["OUTPUT"]), "sq", "ogr")
+    assert out.crs().authid() == "EPSG:4326" and out.featureCount() == source.featureCount()
+    measure = QgsDistanceArea()
+    measure.setEllipsoid("WGS84")
+    measure.setSourceCrs(source.crs(), QgsProject.instance().transformContext())
+    before = sum(measure.measureArea(f.geometry()) for f in source.getFeatures())
+    after = sum(measure.measureArea(f.geometry()) for f in out.getFeatures())
+    assert after == pytest.approx(before, rel=0.1) and results["N_REGULARIZED"] > 0

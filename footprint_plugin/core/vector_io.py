@@ -207,6 +207,6 @@ def _write_layer(dataset, name, geometries, attributes, srs, fields) -> None:
             if value is not None:
                 feature.SetField(field_index[key], int(value) if isinstance(value, bool) else value)
         multi = geom if geom.geom_type == "MultiPolygon" else shapely.MultiPolygon([geom]) if geom.geom_type == "Polygon" else geom
-        feature.SetGeometry(ogr.CreateGeometryFromWkb(shapely.to_wkb(multi)))
+        feature.SetGeometry(ogr.CreateGeometryFromWkb(shapely.to_wkb(multi, output_dimension=2)))
         layer.CreateFeature(feature)
     layer.CommitTransaction()

@@ -143,7 +143,8 @@ class BatchDetectAlgorithm(FootprintAlgorithm):
             Path(probability_folder).mkdir(parents=True, exist_ok=True)
 
         fields = building_fields(with_tile=True)
-        sink = dest_id = sink_crs = None
+        sink_crs = None
+        collected: list[tuple[list, list, Any]] = []
         skipped: list[str] = []
         n_buildings = n_done = 0
         from ..core.zoo import load_model
@@ -171,25 +172,27 @@ class BatchDetectAlgorithm(FootprintAlgorithm):
             for warning in result.warnings:
                 feedback.pushWarning(f"{tile.name}: {warning}")
             tile_crs = crs_from_wkt(result.crs_wkt)
-            if sink is None:
+            if sink_crs is None:
                 sink_crs = tile_crs
-                sink, dest_id = self.parameterAsSink(
-                    parameters, self.OUTPUT, context, fields, WKB_MULTIPOLYGON, sink_crs
-                )
-                if sink is None:
-                    raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
             transform = None
             if tile_crs.isValid() and sink_crs.isValid() and tile_crs != sink_crs:
                 coordinate_transform = QgsCoordinateTransform(tile_crs, sink_crs, context.transformContext())
-                transform = coordinate_transform and (lambda geometry, ct=coordinate_transform: geometry.transform(ct))
-            attributes = [{**attrs, "source": tile.name} for attrs in result.attributes]
-            n_buildings += add_polygon_features(
-                sink, fields, result.geometries, attributes, feedback, extra={"tile": tile.stem}, transform=transform
-            )
-        if sink is None:
+
+                def transform(geometry, ct=coordinate_transform) -> None:
+                    geometry.transform(ct)
+
+            attributes = [{**attrs, "source": tile.name, "tile": tile.stem} for attrs in result.attributes]
+            collected.append((result.geometries, attributes, transform))
+        if sink_crs is None:
             raise QgsProcessingException(
                 "None of the tiles could be processed:\n" + "\n".join(skipped) + "\nCheck that they are valid rasters."
             )
+        # The sink is created only after every tile ran, so a failed or canceled batch leaves no partial layer.
+        sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, fields, WKB_MULTIPOLYGON, sink_crs)
+        if sink is None:
+            raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
+        for geometries, attributes, transform in collected:
+            n_buildings += add_polygon_features(sink, fields, geometries, attributes, feedback, transform=transform)
         sink.flushBuffer()
         summary = f"{n_buildings} buildings in {n_done} tiles; {len(skipped)} skipped."
         feedback.pushInfo(summary)
