@@ -17,11 +17,12 @@ $(STAMP): requirements.txt requirements-dev.txt scripts/setup_env.sh
 	@bash scripts/setup_env.sh
 	@touch $@
 
+# The real-desktop check (QGIS under Xvfb, ~20 s) is part of the suite; test-desktop runs it alone.
 test: $(STAMP)
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --run-desktop
 
 test-desktop: $(STAMP)
-	$(PY) -m pytest -m desktop tests/test_desktop.py --run-desktop
+	$(PY) -m pytest tests/test_desktop.py --run-desktop -v
 
 demo: $(STAMP)
 	$(PY) scripts/demo.py

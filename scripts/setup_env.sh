@@ -4,7 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES="qgis python3-qgis python3-gdal python3-venv xvfb"
+QGIS_PACKAGES="qgis python3-qgis python3-gdal python3-venv"
+# The real-desktop test runs QGIS under Xvfb and takes screenshots with ImageMagick's `import`.
+DESKTOP_PACKAGES="xvfb imagemagick"
 
 qgis_python() {
     # QGIS's bindings are built for the system interpreter, not for pyenv/conda ones first on PATH.
@@ -17,20 +19,26 @@ qgis_python() {
     return 1
 }
 
-if ! QGIS_PY="$(qgis_python)"; then
-    echo "==> QGIS Python bindings not found; installing: $APT_PACKAGES"
+missing=""
+QGIS_PY="$(qgis_python)" || missing="$QGIS_PACKAGES"
+command -v xvfb-run >/dev/null 2>&1 || missing="$missing xvfb"
+command -v import >/dev/null 2>&1 || missing="$missing imagemagick"
+
+if [ -n "$missing" ]; then
+    echo "==> Installing system packages:$missing"
     if [ "$(id -u)" = 0 ]; then
         SUDO=""
     elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
         SUDO="sudo"
     else
-        echo "ERROR: QGIS is not installed and this user cannot run apt-get." >&2
+        echo "ERROR: these system packages are missing and this user cannot run apt-get:$missing" >&2
         echo "Run this once, then re-run make:" >&2
-        echo "    sudo apt-get update && sudo apt-get install -y $APT_PACKAGES" >&2
+        echo "    sudo apt-get update && sudo apt-get install -y $QGIS_PACKAGES $DESKTOP_PACKAGES" >&2
         exit 1
     fi
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $APT_PACKAGES
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
     QGIS_PY="$(qgis_python)" || { echo "ERROR: QGIS installed but 'import qgis.core' still fails with /usr/bin/python3." >&2; exit 1; }
 fi
 

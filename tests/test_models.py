@@ -238,3 +238,23 @@ def test_fused_conv_activation_matches(name):
         assert torch.allclose(fused(x), expected, atol=1e-4 * max(1.0, expected.abs().max().item()))
         bf16 = copy.deepcopy(fused).to(torch.bfloat16)(x.to(torch.bfloat16)).float()
     assert (bf16 - expected).abs().mean() < 0.05 * expected.abs().mean() + 1e-3
+
+
+@pytest.mark.parametrize("name", ["unet_vgg11", "unet_mobilenetv2"])
+def test_reduced_precision_copy_keeps_the_input_layer_fp32(name):
+    from footprint_plugin.core.models import Float32InputLayer, reduced_precision_copy
+
+    torch.manual_seed(3)
+    model = fuse_conv_bn(create_model(name, 3, 1).eval())
+    half = reduced_precision_copy(model)
+    wrappers = [m for m in half.modules() if isinstance(m, Float32InputLayer)]
+    assert len(wrappers) == 1 and wrappers[0].module.weight.dtype == torch.float32
+    if name == "unet_vgg11":  # the aliased input conv is replaced under both of its names
+        assert half.conv1 is half.encoder[0] is wrappers[0]
+    others = [p for n, p in half.named_parameters() if not n.startswith(("module.", "encoder.0.", "conv1."))]
+    assert any(p.dtype == torch.bfloat16 for p in others)
+    assert next(model.parameters()).dtype == torch.float32  # the original is untouched
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        expected, actual = model(x), half(x).float()
+    assert (actual - expected).abs().mean() < 0.05 * expected.abs().mean() + 1e-3

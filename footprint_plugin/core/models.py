@@ -6,6 +6,7 @@ Every model takes float32 (B, C, H, W) with H and W multiples of 32 and returns 
 
 from __future__ import annotations
 
+import copy
 import functools
 from typing import Callable, Sequence
 
@@ -585,3 +586,37 @@ def fuse_conv_activation(model: nn.Module) -> nn.Module:
                 module._modules[name] = FusedConvAct(conv, module._modules[names[follow]])
                 module._modules[names[follow]] = nn.Identity()
     return model
+
+
+class Float32InputLayer(nn.Module):
+    """Runs the input layer in fp32 inside an otherwise reduced-precision network.
+
+    Rounding the scaled input to bf16 (8 significant bits) is itself a perturbation of about a
+    third of a grey level, which measurably moved a trained model's masks; one fp32 conv costs little.
+    """
+
+    def __init__(self, module: nn.Module, out_dtype: torch.dtype) -> None:
+        super().__init__()
+        self.module = module
+        self.out_dtype = out_dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x.float()).to(self.out_dtype)
+
+
+def reduced_precision_copy(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
+    """A copy of an inference model in `dtype` whose first convolution stays fp32 (see Float32InputLayer)."""
+    copied = copy.deepcopy(model)
+    first = next((m for m in copied.modules() if isinstance(m, (nn.Conv2d, FusedConvAct))), None)
+    if first is None:
+        return copied.to(dtype)
+    # Collect every reference first: some models alias the same conv under two names (TernausNet).
+    references = [
+        (parent, name) for parent in copied.modules() for name, child in parent._modules.items() if child is first
+    ]
+    wrapper = Float32InputLayer(first, dtype)
+    for parent, name in references:
+        parent._modules[name] = wrapper
+    copied = copied.to(dtype)
+    first.float()
+    return copied

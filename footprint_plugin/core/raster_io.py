@@ -346,6 +346,12 @@ class ProbabilityWriter:
                 self._dst.update_tags(ns="rio_overview", resampling="average")
             self._dst.close()
             os.replace(self.tmp_path, self.out_path)
+        except PermissionError:
+            self.abort()
+            raise OutputError(
+                f"Cannot replace {self.out_path}: it is open in another program (on Windows, possibly as a layer "
+                "in this QGIS project). Remove that layer or choose another output name."
+            ) from None
         except Exception as exc:
             self.abort()
             raise OutputError(f"Cannot finish writing {self.out_path} ({exc}). Check free disk space.") from None
