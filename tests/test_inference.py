@@ -570,3 +570,22 @@ def test_bf16_agreement_measures_mask_iou_and_probability_change():
     flipped = empty.copy()
     flipped[..., 0, 0] = 0.6
     assert bf16_agreement(empty, flipped, 0.5)[0] == pytest.approx(0.99)
+
+
+@pytest.mark.parametrize("architecture", ["unet_mobilenetv2", "unet_resnet34", "unet_vgg11", "deeplabv3plus_resnet"])
+def test_every_architecture_runs_end_to_end_in_every_cpu_precision(make_geotiff, tmp_path, architecture):
+    from footprint_plugin.core.device import cpu_supports_bf16
+
+    card = make_card(architecture=architecture, tile_size=64, overlap=16)
+    model = make_model(card)
+    path = make_geotiff(synthetic_buildings(96)[0])
+    precisions = ["fp32", "bf16"] if cpu_supports_bf16() else ["fp32"]
+    results = {}
+    for precision in precisions:
+        options = InferenceOptions(precision=precision, output_dtype="float32")
+        result = predict_raster(path, card, tmp_path / f"{precision}.tif", options, model=model)
+        assert result.precision == precision
+        results[precision], valid, _ = read_probability(result.probability_path)
+        assert valid.all()
+    if "bf16" in results:
+        assert np.abs(results["bf16"] - results["fp32"]).mean() < 0.05

@@ -114,6 +114,19 @@ def test_spatial_blocks_put_the_same_ground_on_the_same_side():
         assert not (weight[: held.shape[0], : held.shape[1]].astype(bool) & held).any()
 
 
+def test_validation_strip_holds_buildings_when_one_end_is_empty():
+    # Tall area (strip cut at the south end) whose southern half is water without buildings, like SpaceNet Rio.
+    buildings = np.zeros((400, 100), np.uint8)
+    buildings[20:180:20, 10:90:20] = 1
+    buildings = np.maximum(buildings, np.roll(buildings, 1, axis=0))
+    raster = _prepared("rio", (400, 100), TRANSFORM, buildings)
+    assign_spatial_blocks([raster], 0.25)
+    held = raster.val_mask & (raster.targets[0] > 0)
+    kept = ~raster.val_mask & (raster.targets[0] > 0)
+    assert held.sum() > 0 and kept.sum() > held.sum()
+    assert raster.val_mask[-1].all() and not raster.val_mask[0].any()
+
+
 def test_empty_chips_are_undersampled():
     positives = np.zeros((512, 512), np.uint8)
     positives[:64, :64] = 1  # buildings in one corner only: most random windows are empty

@@ -223,14 +223,17 @@ def test_load_never_unpickles_code(tmp_path):
         zoo.load_model(card)
 
 
-@pytest.mark.parametrize("name", ["unet_mobilenetv2", "unet_resnet34"])
+@pytest.mark.parametrize("name", ["unet_mobilenetv2", "unet_resnet34", "unet_vgg11"])
 def test_fused_conv_activation_matches(name):
     from footprint_plugin.core.models import FusedConvAct, fuse_conv_activation
 
     torch.manual_seed(2)
     model = create_model(name, 3, 1).eval()
     fused = fuse_conv_activation(fuse_conv_bn(copy.deepcopy(model)))
-    if not any(isinstance(m, FusedConvAct) for m in fused.modules()):
+    n_fused = sum(isinstance(m, FusedConvAct) for m in fused.modules())
+    if name == "unet_vgg11":
+        assert n_fused == 0  # its convs are aliased (conv1 = encoder[0]) and called directly: left alone
+    elif n_fused == 0:
         pytest.skip("this torch build has no fused oneDNN conv+activation")
     x = torch.randn(1, 3, 64, 64)
     with torch.inference_mode():
@@ -242,13 +245,13 @@ def test_fused_conv_activation_matches(name):
 
 @pytest.mark.parametrize("name", ["unet_vgg11", "unet_mobilenetv2"])
 def test_reduced_precision_copy_keeps_the_input_layer_fp32(name):
-    from footprint_plugin.core.models import Float32InputLayer, reduced_precision_copy
+    from footprint_plugin.core.models import Float32InputLayer, fuse_conv_activation, reduced_precision_copy
 
     torch.manual_seed(3)
-    model = fuse_conv_bn(create_model(name, 3, 1).eval())
+    model = fuse_conv_activation(fuse_conv_bn(create_model(name, 3, 1).eval()))  # as inference prepares it
     half = reduced_precision_copy(model)
     wrappers = [m for m in half.modules() if isinstance(m, Float32InputLayer)]
-    assert len(wrappers) == 1 and wrappers[0].module.weight.dtype == torch.float32
+    assert len(wrappers) == 1 and all(p.dtype == torch.float32 for p in wrappers[0].parameters())
     if name == "unet_vgg11":  # the aliased input conv is replaced under both of its names
         assert half.conv1 is half.encoder[0] is wrappers[0]
     others = [p for n, p in half.named_parameters() if not n.startswith(("module.", "encoder.0.", "conv1."))]

@@ -236,7 +236,7 @@ def check_overlap(raster_path: Path, labels_path: Path, bounds, geometries: Sequ
 
 
 def _lonlat_grid(raster: PreparedRaster, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Lon/lat of a coarse pixel grid (every `step` pixels) and which of those pixels are supervised."""
+    """Lon/lat of a coarse pixel grid (every `step` pixels), which of those are supervised, and which are buildings."""
     from rasterio.warp import transform as warp_transform
 
     rows, cols = raster.shape
@@ -244,13 +244,15 @@ def _lonlat_grid(raster: PreparedRaster, step: int) -> tuple[np.ndarray, np.ndar
     xs, ys = raster.transform * (cc.ravel() + 0.5, rr.ravel() + 0.5)
     lons, lats = warp_transform(raster.crs_wkt, "EPSG:4326", list(np.asarray(xs, float)), list(np.asarray(ys, float)))
     supervised = raster.supervised[rr, cc]
-    return np.asarray(lons).reshape(rr.shape), np.asarray(lats).reshape(rr.shape), supervised, rr
+    buildings = supervised & (raster.targets[0][rr, cc] > 0)
+    return np.asarray(lons).reshape(rr.shape), np.asarray(lats).reshape(rr.shape), supervised, buildings
 
 
 def assign_spatial_blocks(rasters: Sequence[PreparedRaster], val_fraction: float) -> None:
     """Hold out a strip at one end of each area for validation, never used for training.
 
-    The strip is cut in lon/lat so that it holds `val_fraction` of the area's supervised pixels,
+    The strip is cut in lon/lat so that it holds `val_fraction` of the area's building pixels
+    (or of its supervised pixels when it has hardly any buildings),
     across all rasters of the area: the z19/z20/z21 mosaics of one place, or neighbouring tiles,
     put the same ground on the same side.
     """
@@ -269,9 +271,13 @@ def assign_spatial_blocks(rasters: Sequence[PreparedRaster], val_fraction: float
             continue
         mid_lat = float(np.median(lats))
         along_x = (lons.max() - lons.min()) * math.cos(math.radians(mid_lat)) >= lats.max() - lats.min()
+        # Cut by building pixels when there are enough: a strip of empty water or fields would validate nothing.
+        building_lons = np.concatenate([g[2][g[5]] for g in grids])
+        if building_lons.size >= 20:
+            lons, lats = building_lons, np.concatenate([g[3][g[5]] for g in grids])
         # East end along x, south end along y: the held-out strip holds val_fraction of the labelled ground.
         cut = float(np.quantile(lons, 1.0 - val_fraction)) if along_x else float(np.quantile(lats, val_fraction))
-        for raster, step, grid_lons, grid_lats, _supervised, _rr in grids:
+        for raster, step, grid_lons, grid_lats, _supervised, _buildings in grids:
             coarse = grid_lons >= cut if along_x else grid_lats <= cut
             rows, cols = raster.shape
             full = np.repeat(np.repeat(coarse, step, axis=0), step, axis=1)[:rows, :cols]

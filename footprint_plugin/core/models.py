@@ -571,6 +571,12 @@ def fuse_conv_activation(model: nn.Module) -> nn.Module:
     """
     if not _pointwise_conv_available():
         return model
+    # A conv also reachable under another name (TernausNet's conv1 = encoder[0]) may be called
+    # directly by forward(); fusing one of its names would leave the other un-fused: skip those.
+    references: dict[int, int] = {}
+    for parent in model.modules():
+        for child in parent._modules.values():
+            references[id(child)] = references.get(id(child), 0) + 1
     for module in list(model.modules()):
         if not isinstance(module, nn.Sequential):
             continue
@@ -578,6 +584,8 @@ def fuse_conv_activation(model: nn.Module) -> nn.Module:
         for index, name in enumerate(names):
             conv = module._modules[name]
             if not isinstance(conv, nn.Conv2d) or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+                continue
+            if references.get(id(conv), 0) > 1:
                 continue
             follow = index + 1
             while follow < len(names) and isinstance(module._modules[names[follow]], nn.Identity):
