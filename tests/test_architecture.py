@@ -128,10 +128,10 @@ def test_no_pyqt5_only_patterns_in_gui_code(qgis_app):
 def test_compat_check_catches_pyqt5_only_code(tmp_path, qgis_app):
     """The checker itself must be able to fail."""
     namespaces = _qt_namespaces()
-    value = getattr(namespaces["Qt"], "AlignCenter")
+    value = namespaces["Qt"].AlignCenter
     assert isinstance(value, int) and type(value) is not int
     assert re.search(list(PYQT5_ONLY_PATTERNS)[0], "dialog.exec_()")
-    assert not isinstance(getattr(namespaces["Qt"], "AlignmentFlag"), int)
+    assert not isinstance(namespaces["Qt"].AlignmentFlag, int)
 
 
 def test_metadata_is_complete_for_the_plugin_repository():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from conftest import synthetic_buildings
+from conftest import synthetic_buildings, write_geotiff
 from rasterio.transform import from_origin
 
 from footprint_plugin.core import zoo
@@ -589,3 +589,35 @@ def test_every_architecture_runs_end_to_end_in_every_cpu_precision(make_geotiff,
         assert valid.all()
     if "bf16" in results:
         assert np.abs(results["bf16"] - results["fp32"]).mean() < 0.05
+
+
+def test_far_coarser_raster_than_model_is_refused_with_advice(tmp_path):
+    """A 10 m raster on a 0.5 m model would be upsampled 20x (400x the work) for nothing: refuse clearly."""
+    from rasterio.transform import from_origin
+
+    from footprint_plugin.core.errors import InputError
+    from footprint_plugin.core.inference import predict_raster
+
+    raster = write_geotiff(
+        tmp_path / "coarse.tif", np.full((3, 64, 64), 120, np.uint8), transform=from_origin(600000, 5750000, 10.0, 10.0)
+    )
+    card = _card_for_coarse_test()
+    out = tmp_path / "prob.tif"
+    with pytest.raises(InputError, match=r"20 times coarser.*within 8x"):
+        predict_raster(raster, card, out, model=_ConstantNet())
+    assert not out.exists()
+
+
+def _card_for_coarse_test():
+    from footprint_plugin.core.modelcard import ModelCard
+
+    return ModelCard(
+        name="coarse_test", architecture="unet_mobilenetv2", in_channels=3, out_channels=1,
+        band_roles=["red", "green", "blue"], scaling={"method": "divide", "value": 255.0}, gsd_m=0.5,
+        tile_size=64, overlap=8,
+    )
+
+
+class _ConstantNet(torch.nn.Module):
+    def forward(self, x):
+        return torch.zeros(x.shape[0], 1, x.shape[2], x.shape[3])

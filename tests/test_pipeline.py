@@ -10,12 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from conftest import REPO_ROOT, synthetic_buildings
 
 from footprint_plugin.core.errors import CanceledError, InputError
 from footprint_plugin.core.modelcard import ModelCard
 from footprint_plugin.core.vector_io import read_polygons
-
-from conftest import REPO_ROOT, synthetic_buildings
 
 
 @pytest.fixture
@@ -23,8 +22,8 @@ def random_model_card(tmp_path, monkeypatch) -> ModelCard:
     """A small random-weight EO model saved in the (isolated) user model folder."""
     import torch
 
-    from footprint_plugin.core.models import create_model
     from footprint_plugin.core.modelcard import user_model_dir
+    from footprint_plugin.core.models import create_model
     from footprint_plugin.core.zoo import save_model
 
     torch.manual_seed(0)
@@ -93,9 +92,9 @@ def test_detect_buildings_writes_both_outputs_on_the_input_grid(tmp_path, random
 
 
 def test_cancel_leaves_no_outputs_and_keeps_existing_files(tmp_path, random_model_card):
-    from footprint_plugin.core.pipeline import detect_buildings
-
     from conftest import write_geotiff
+
+    from footprint_plugin.core.pipeline import detect_buildings
 
     raster = write_geotiff(tmp_path / "scene.tif", synthetic_buildings(512, seed=2)[0])
     out = tmp_path / "buildings.gpkg"
@@ -156,10 +155,10 @@ def test_cli_detect_and_models_print_json_summaries(tmp_path, random_model_card)
 
 
 def test_bands_mismatch_names_both_counts(tmp_path, random_model_card):
+    from conftest import write_geotiff
+
     from footprint_plugin.core.errors import FootprintError
     from footprint_plugin.core.pipeline import detect_buildings
-
-    from conftest import write_geotiff
 
     raster = write_geotiff(tmp_path / "two_bands.tif", np.zeros((2, 64, 64), np.uint8))
     with pytest.raises(FootprintError) as info:

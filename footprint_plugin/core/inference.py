@@ -37,6 +37,8 @@ from .scaling import ScalingStats, apply_scaling, compute_scaling_stats, resolve
 
 # Resample when the raster's GSD differs from the model's by more than this factor.
 GSD_TOLERANCE = 1.25
+# Upsampling beyond this adds no detail and multiplies the work by its square: refuse instead.
+MAX_UPSAMPLING = 8.0
 # Weight of tile-border pixels: tiny but non-zero, so raster-border pixels (covered by one tile) stay defined.
 WEIGHT_FLOOR = 1e-3
 # bf16 is accepted on CPU only when its masks match fp32's: mask IoU at least 0.98 (the union is
@@ -172,6 +174,8 @@ class TileRunner:
         self.transforms = _tta_transforms(tta_policy, square_tiles)
         self.look_direction_flip = look_direction_flip
         self.notes: list[str] = []
+        # Checked between TTA passes: with d4, one batch is eight forward passes, too long to wait for a cancel.
+        self.is_canceled: Optional[CancelCallback] = None
 
         self._cpu_bf16_model: Optional[nn.Module] = None
 
@@ -207,6 +211,7 @@ class TileRunner:
             total = None
             with autocast:
                 for forward, inverse in self.transforms:
+                    check_canceled(self.is_canceled)
                     prob = torch.sigmoid(inverse(network(forward(x))).float())
                     total = prob if total is None else total + prob
             assert total is not None
@@ -413,6 +418,13 @@ def _predict_dataset(dataset, card, out_path, options, progress, is_canceled, mo
         )
     ratio = 1.0 if gsd is None else card.gsd_m / gsd  # input pixels per model pixel
     resampled = bool(options.resample_to_model_gsd and (ratio > GSD_TOLERANCE or ratio < 1.0 / GSD_TOLERANCE))
+    if resampled and ratio < 1.0 / MAX_UPSAMPLING:
+        raise InputError(
+            f"The raster's pixels ({gsd:.3g} m) are {1 / ratio:.0f} times coarser than the model's ({card.gsd_m:g} m): "
+            f"buildings are only a pixel or two wide at this resolution, and upsampling {1 / ratio:.0f}x would make "
+            f"the job {1 / ratio ** 2:.0f} times larger without adding detail. Use imagery within {MAX_UPSAMPLING:g}x "
+            "of the model's GSD, or a model trained near this GSD."
+        )
     if resampled:
         model_width, model_height = max(1, int(width / ratio)), max(1, int(height / ratio))
         notes.append(
@@ -457,6 +469,7 @@ def _predict_dataset(dataset, card, out_path, options, progress, is_canceled, mo
     norm_x, norm_y = weight_sums(model_width, xs, ramp_x), weight_sums(model_height, ys, ramp_y)
     tta_policy = card.tta if options.tta else "none"
     runner = TileRunner(net, choice, precision, tta_policy, options.look_direction_flip, tile_h == tile_w)
+    runner.is_canceled = is_canceled
     batch_size = int(options.batch_size or _default_batch_size(choice, tile_h, tile_w, len(runner.transforms)))
 
     heads = list(card.heads)
