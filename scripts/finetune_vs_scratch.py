@@ -28,6 +28,7 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--chips-per-epoch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--runs", default="scratch,finetune", help="which runs (the scratch run does not depend on --base)")
     args = parser.parse_args(argv)
 
     import torch
@@ -48,6 +49,8 @@ def main(argv=None) -> int:
         ("scratch", TrainingConfig(out_name="kampala_scratch", arch=base.architecture, lr=1e-3, out_dir=args.out_dir, **common)),
         ("finetune", TrainingConfig(out_name="kampala_finetune", base_model=args.base, lr=3e-4, freeze_encoder_epochs=2, out_dir=args.out_dir, **common)),
     ):
+        if label not in args.runs.split(","):
+            continue
         started = time.monotonic()
         result = train_model(pairs, config, log=lambda message, label=label: print(f"[{label}] {message}", flush=True))
         area = result.metrics["per_area"]["kampala"]

@@ -428,7 +428,11 @@ def _summarise(per_area: dict[str, dict[str, Any]], split: str) -> dict[str, flo
 
 
 def _signature(config: TrainingConfig, pairs: Sequence[TrainingPair]) -> str:
-    ignored = {"resume", "max_minutes", "device", "out_dir", "patience", "epochs", "training_command", "description", "calibrate_threshold"}
+    # Settings that only end up in the card (or only bound the run) do not invalidate a checkpoint.
+    ignored = {
+        "resume", "max_minutes", "device", "out_dir", "patience", "epochs", "training_command", "description",
+        "calibrate_threshold", "tta", "licence", "training_data", "card_extra", "version",
+    }
     settings = {k: v for k, v in asdict(config).items() if k not in ignored}
     settings["pairs"] = [[str(p.raster.resolve()), str(p.labels.resolve()), str(p.aoi.resolve()) if p.aoi else "", p.name] for p in pairs]
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
