@@ -40,6 +40,9 @@ def finish(ok, error=""):
     if error:
         STATUS["error"] = error
     write_status()
+    # Clear the project first: temporary layers would otherwise raise a modal "are you sure?" on exit.
+    QgsProject.instance().removeAllMapLayers()
+    QgsProject.instance().clear()
     QgsProject.instance().setDirty(False)
     QTimer.singleShot(500, iface.actionExit().trigger)
 

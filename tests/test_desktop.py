@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -62,13 +63,23 @@ def test_detect_buildings_in_real_qgis_desktop(qgis_app, shared_data, tmp_path):
         "qgis", "--noversioncheck", "--nologo", "--profiles-path", str(profiles),
         "--code", str(REPO_ROOT / "tests" / "desktop_driver.py"), str(project),
     ]
+    # Own process group: on a time-out, kill QGIS too, not only the xvfb-run wrapper.
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               cwd=tmp_path, start_new_session=True)
     try:
-        subprocess.run(command, env=env, timeout=540, capture_output=True, text=True, cwd=tmp_path)
+        process.communicate(timeout=240)
     except subprocess.TimeoutExpired:
-        pass  # the status file says how far it got
-    status = json.loads((ARTIFACTS / "status.json").read_text())
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail(f"QGIS did not quit within 240 s; status so far: {_status_text()}")
+    status = json.loads(_status_text())
     print(json.dumps(status, indent=1))
     assert status["ok"], status
     assert sorted(status["group_layers"]) == ["Building probability", "Buildings"]
     for name in ("1_detect_dialog.png", "2_result.png"):
         assert (ARTIFACTS / name).stat().st_size > 10_000, f"{name} missing or empty"
+
+
+def _status_text() -> str:
+    path = ARTIFACTS / "status.json"
+    return path.read_text() if path.exists() else "{}"
