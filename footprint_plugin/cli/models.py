@@ -22,10 +22,12 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
     lines = []
     for card in cards:
         where = "bundled" if card.bundled else "user"
-        f1 = card.metrics.get("f1") if isinstance(card.metrics, dict) else None
+        metrics = card.metrics if isinstance(card.metrics, dict) else {}
+        held_out = metrics.get("test") if isinstance(metrics.get("test"), dict) else {}
+        f1 = metrics.get("f1", held_out.get("f1"))
         lines.append(
             f"{card.name:<28} v{card.version:<6} {where:<7} {card.sensor:<3} {card.architecture:<20} "
-            f"bands={','.join(card.band_roles)} gsd={card.gsd_m:g} m" + (f" F1={f1:.3f}" if isinstance(f1, float) else "")
+            f"bands={','.join(card.band_roles)} gsd={card.gsd_m:g} m" + (f" held-out F1={f1:.3f}" if isinstance(f1, float) else "")
         )
         if args.verbose:
             lines += [f"    {key}: {value}" for key, value in card.to_dict().items()]
