@@ -11,6 +11,14 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PLUGIN_NAME = "building_footprints"
+ALGORITHMS = (
+    "footprint:detectbuildings",
+    "footprint:batchdetect",
+    "footprint:trainmodel",
+    "footprint:finetunemodel",
+    "footprint:evaluatefootprints",
+    "footprint:regularizefootprints",
+)
 _LINK_DIR = Path(tempfile.mkdtemp(prefix="footprint_plugin_link_"))
 
 

@@ -12,17 +12,11 @@ from qgis.core import QgsApplication
 from qgis.PyQt.QtCore import QCoreApplication, QEvent
 from qgis.PyQt.QtWidgets import QMenu
 
+from tests.qgis_helpers import ALGORITHMS as HELPER_ALGORITHMS
 from tests.qgis_helpers import REPO_ROOT, import_plugin_package, install_plugins_menu
 
 MENU_ENTRIES = {"Detect buildings", "Train / fine-tune model…", "Model manager…", "Install dependencies…"}
-ALGORITHMS = {
-    "footprint:detectbuildings",
-    "footprint:batchdetect",
-    "footprint:trainmodel",
-    "footprint:finetunemodel",
-    "footprint:evaluatefootprints",
-    "footprint:regularizefootprints",
-}
+ALGORITHMS = set(HELPER_ALGORITHMS)
 
 
 @pytest.fixture
