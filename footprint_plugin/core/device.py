@@ -47,8 +47,6 @@ def cpu_supports_bf16() -> bool:
                     flags = line
                     break
     native = any(f" {flag}" in flags for flag in ("avx512_bf16", "amx_bf16"))
-    if not flags and platform.system() == "Darwin" and platform.machine() == "arm64":
-        native = False  # Apple CPUs: MPS is the fast path
     supported = False
     with contextlib.suppress(Exception):
         supported = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -123,4 +121,4 @@ def is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, getattr(torch.cuda, "OutOfMemoryError", ())):
         return True
     text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("out of memory" in text or "mps backend out of memory" in text)
+    return isinstance(exc, RuntimeError) and "out of memory" in text

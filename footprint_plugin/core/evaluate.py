@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -20,8 +18,9 @@ import numpy as np
 import shapely
 from shapely.geometry.base import BaseGeometry
 
+from .atomic import write_text_atomically
 from .callbacks import CancelCallback, ProgressCallback, check_canceled
-from .errors import InputError, OutputError
+from .errors import InputError
 
 CONFIDENCE_FIELDS = ("score", "conf", "confidence")
 
@@ -295,21 +294,6 @@ def _clip(geoms: list[BaseGeometry], region: BaseGeometry) -> list[BaseGeometry]
     return out
 
 
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise OutputError(f"Report folder does not exist: {folder}. Create it or pick another path.")
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(data, stream, indent=2, default=str)
-            stream.write("\n")
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise OutputError(f"Could not write {path}: {exc}. Check free disk space and permissions.") from None
-
-
 def evaluate_files(
     predicted_path: Path | str,
     ground_truth_path: Path | str,
@@ -433,7 +417,7 @@ def evaluate_files(
             "metric_crs": metric_wkt,
             **result.to_dict(),
         }
-        _write_json_atomic(result.report_path, report)
+        write_text_atomically(result.report_path, json.dumps(report, indent=2, default=str) + "\n")
     if progress:
         progress(1.0)
     return result

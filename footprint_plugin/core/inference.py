@@ -183,27 +183,25 @@ class TileRunner:
     def device(self) -> torch.device:
         return torch.device(self.choice.device)
 
-    def _network(self, precision: str) -> tuple[nn.Module, Optional[torch.dtype], Any]:
-        """(network, input dtype, autocast context) for a precision on the current device."""
+    def _network(self, precision: str) -> tuple[nn.Module, Any]:
+        """(network, autocast context) for a precision on the current device."""
         if precision == "fp32":
-            return self.model, None, contextlib.nullcontext()
+            return self.model, contextlib.nullcontext()
         if self.device.type == "cpu" and precision == "bf16":
             # A bf16 copy of the network instead of autocast, so the fused oneDNN conv+activation
             # kernels see bf16 inputs and weights (autocast would cast around them).
             if self._cpu_bf16_model is None:
                 self._cpu_bf16_model = reduced_precision_copy(self.model, torch.bfloat16)
-            return self._cpu_bf16_model, None, contextlib.nullcontext()
+            return self._cpu_bf16_model, contextlib.nullcontext()
         dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-        return self.model, None, torch.autocast(self.device.type, dtype=dtype)
+        return self.model, torch.autocast(self.device.type, dtype=dtype)
 
     def run(self, batch: np.ndarray, precision: Optional[str] = None) -> np.ndarray:
         """(B, C, h, w) float32 -> (B, heads, h, w) float32 probabilities."""
         precision = precision or self.precision
-        network, input_dtype, autocast = self._network(precision)
+        network, autocast = self._network(precision)
         with torch.inference_mode():
             x = torch.from_numpy(batch).to(self.device, non_blocking=True)
-            if input_dtype is not None:
-                x = x.to(input_dtype)
             if self.device.type != "mps":
                 x = x.contiguous(memory_format=torch.channels_last)
             if self.look_direction_flip:
@@ -259,7 +257,7 @@ def _resolve_precision(request: str, choice: DeviceChoice) -> tuple[str, bool, l
     return request, False, notes
 
 
-def _default_batch_size(choice: DeviceChoice, tile_h: int, tile_w: int, tta_count: int) -> int:
+def _default_batch_size(choice: DeviceChoice, tile_h: int, tile_w: int) -> int:
     pixels = tile_h * tile_w
     if choice.kind == "cuda":
         free, _total = torch.cuda.mem_get_info(torch.device(choice.device))
@@ -467,10 +465,11 @@ def _predict_dataset(dataset, card, out_path, options, progress, is_canceled, mo
     xs, ys = tile_starts(model_width, tile_w, overlap), tile_starts(model_height, tile_h, overlap)
     ramp_x, ramp_y = blend_ramp(tile_w, overlap), blend_ramp(tile_h, overlap)
     norm_x, norm_y = weight_sums(model_width, xs, ramp_x), weight_sums(model_height, ys, ramp_y)
+    tile_weights = np.outer(ramp_y, ramp_x)  # sliced per tile instead of rebuilt per tile
     tta_policy = card.tta if options.tta else "none"
     runner = TileRunner(net, choice, precision, tta_policy, options.look_direction_flip, tile_h == tile_w)
     runner.is_canceled = is_canceled
-    batch_size = int(options.batch_size or _default_batch_size(choice, tile_h, tile_w, len(runner.transforms)))
+    batch_size = int(options.batch_size or _default_batch_size(choice, tile_h, tile_w))
 
     heads = list(card.heads)
     writer = raster_io.ProbabilityWriter(
@@ -533,8 +532,7 @@ def _predict_dataset(dataset, card, out_path, options, progress, is_canceled, mo
                 prob = np.concatenate(parts) if len(parts) > 1 else parts[0]
                 for (x0, _t), p in zip(pending, prob):
                     w = min(tile_w, model_width - x0)
-                    weights = ramp_y[:strip_h, None] * ramp_x[None, :w]
-                    accumulator[:, :strip_h, x0 : x0 + w] += p[:, :strip_h, :w] * weights
+                    accumulator[:, :strip_h, x0 : x0 + w] += p[:, :strip_h, :w] * tile_weights[:strip_h, :w]
                 pending.clear()
 
             for x0 in xs:

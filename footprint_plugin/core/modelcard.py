@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from .atomic import write_text_atomically
 from .errors import ModelError
 
 BUNDLED_ZOO_DIR = Path(__file__).resolve().parents[2] / "model_zoo"
@@ -133,10 +134,7 @@ def load_card(path: Path | str) -> ModelCard:
 
 def save_card(card: ModelCard, path: Path | str) -> Path:
     """Write the card atomically (temporary file + rename) and remember its location."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(card.to_dict(), indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    path = write_text_atomically(path, json.dumps(card.to_dict(), indent=2, sort_keys=False) + "\n")
     card.path = path
     return path
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from .atomic import temporary_sibling
 from .callbacks import CancelCallback, ProgressCallback, check_canceled, sub_progress
 from .modelcard import ModelCard, find_model
 
@@ -70,10 +71,6 @@ class DetectResult:
         }
 
 
-def _partial_path(final: Path) -> Path:
-    return final.with_name(f".{final.stem}.partial{final.suffix}")
-
-
 SHAPEFILE_PARTS = (".shp", ".shx", ".dbf", ".prj", ".cpg", ".qix")
 
 
@@ -126,12 +123,12 @@ def detect_buildings(
     final_probability = Path(probability_path) if probability_path else None
     scratch_dir: Optional[tempfile.TemporaryDirectory] = None
     if final_probability is not None:
-        working_probability = _partial_path(final_probability)
+        working_probability = temporary_sibling(final_probability)
     else:
         scratch_dir = tempfile.TemporaryDirectory(prefix="footprint_")
         working_probability = Path(scratch_dir.name) / "probability.tif"
     final_vector = Path(out_vector) if out_vector else None
-    working_vector = _partial_path(final_vector) if final_vector is not None else None
+    working_vector = temporary_sibling(final_vector) if final_vector is not None else None
 
     try:
         inference = predict_raster(

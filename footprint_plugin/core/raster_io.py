@@ -15,6 +15,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
+from .atomic import temporary_sibling
 from .errors import InputError, OutputError
 
 EARTH_RADIUS_M = 6371008.8
@@ -225,11 +226,6 @@ def check_output_writable(out_path: Union[str, Path]) -> Path:
     return out_path
 
 
-def temporary_sibling(out_path: Path) -> Path:
-    """A hidden temporary path in the same folder (same filesystem, so os.replace is atomic)."""
-    return out_path.with_name(f".{out_path.stem}.{uuid.uuid4().hex[:8]}.partial{out_path.suffix or '.tif'}")
-
-
 def remove_quietly(path: Path) -> None:
     for candidate in (path, Path(str(path) + ".aux.xml"), Path(str(path) + ".ovr")):
         with contextlib.suppress(OSError):
@@ -259,7 +255,7 @@ class ProbabilityWriter:
         if output_dtype not in ("uint8", "float32"):
             raise OutputError(f"output_dtype must be 'uint8' or 'float32', not {output_dtype!r}.")
         self.out_path = Path(out_path)
-        self.tmp_path = temporary_sibling(self.out_path)
+        self.tmp_path = temporary_sibling(self.out_path if self.out_path.suffix else self.out_path.with_suffix(".tif"))
         self.width, self.height, self.heads = width, height, list(heads)
         self.dtype = output_dtype
         self.rows_written = 0

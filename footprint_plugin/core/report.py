@@ -3,29 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import OutputError
-
-
-def _replace_atomically(write, path: Path) -> Path:
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"Could not write {path}: {exc}. Free some disk space or choose another folder.") from None
-    return path
+from .atomic import write_atomically, write_text_atomically
 
 
 def write_training_log(data: dict[str, Any], path: Path) -> Path:
     """The JSON log (settings, card, per-epoch history)."""
     text = json.dumps(data, indent=2, default=str) + "\n"
-    return _replace_atomically(lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), path)
+    return write_text_atomically(path, text)
 
 
 def write_training_report(history: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
@@ -73,4 +60,4 @@ def write_training_report(history: Sequence[dict[str, Any]], path: Path, title: 
     metric_axes.grid(alpha=0.3)
     figure.suptitle(title or "Training report")
     figure.tight_layout()
-    return _replace_atomically(lambda tmp: figure.savefig(tmp, format="png"), path)
+    return write_atomically(path, lambda tmp: figure.savefig(tmp, format="png"))

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.nn import functional
 
+from .atomic import write_atomically
 from .augment import AugmentOptions, augment_chip, resize_chip
 from .callbacks import CancelCallback, ProgressCallback, check_canceled, sub_progress
 from .chips import ChipSampler, PreparedRaster, assign_spatial_blocks, prepare_raster, raster_info
@@ -439,13 +440,7 @@ def _signature(config: TrainingConfig, pairs: Sequence[TrainingPair]) -> str:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"Could not write {path}: {exc}. Free some disk space or choose another output folder.") from None
+    write_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _checkpoint_path(out_dir: Path, name: str) -> Path:

@@ -6,7 +6,6 @@ from the internet can never run code) after checking the sha256 recorded in the 
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any, Union
@@ -14,6 +13,7 @@ from typing import Any, Union
 import torch
 from torch import nn
 
+from .atomic import write_atomically
 from .errors import ModelError, OutputError
 from .modelcard import ModelCard, save_card, sha256_file
 from .models import create_model
@@ -105,18 +105,9 @@ def save_model(model: nn.Module, card: ModelCard, folder: Union[str, Path]) -> P
     if not re.fullmatch(r"[A-Za-z0-9._-]+", card.name):
         raise ModelError(f"Model name '{card.name}' may only use letters, digits, '.', '_' and '-'.")
     weights_path = folder / f"{card.name}.pt"
-    tmp = folder / f".{card.name}.pt.tmp"
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, weights_path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"Cannot write {weights_path}: {exc}. Check the folder is writable and has space.") from None
+    write_atomically(weights_path, lambda tmp: torch.save(state, tmp))
     card.weights_file = weights_path.name
     card.sha256 = sha256_file(weights_path)
     card.validate()
-    try:
-        return save_card(card, folder / f"{card.name}.json")
-    except OSError as exc:
-        raise OutputError(f"Cannot write the model card in {folder}: {exc}.") from None
+    return save_card(card, folder / f"{card.name}.json")
