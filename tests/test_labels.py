@@ -188,3 +188,17 @@ def test_no_overlap_between_raster_and_labels(tmp_path, make_geotiff):
     card = ModelCard("m", "unet_mobilenetv2", 3, 1, ["red", "green", "blue"], gsd_m=0.5)
     with pytest.raises(InputError, match="overlaps"):
         prepare_raster(path, far_away, None, "a", card, ["footprint"], 1.0)
+
+
+def test_read_at_gsd_valid_pixels_match_inference(tmp_path, make_geotiff):
+    """Training marks the same pixels invalid as inference: NaN/inf whatever the nodata value, and missing files."""
+    image = np.full((3, 32, 32), 100.0, np.float32)
+    image[0, 2, 3] = np.nan
+    image[1, 5, 6] = np.inf
+    image[2, 7, 8] = -9999.0
+    path = make_geotiff(image, nodata=-9999.0)
+    raw, valid, _, _ = read_at_gsd(path, 0.5)
+    assert raw.shape == (3, 32, 32)
+    assert not valid[2, 3] and not valid[5, 6] and not valid[7, 8] and valid.sum() == 32 * 32 - 3
+    with pytest.raises(InputError, match="not found"):
+        read_at_gsd(tmp_path / "missing.tif", 0.5)

@@ -37,3 +37,15 @@ def write_atomically(path: Union[str, Path], write: Callable[[Path], object]) ->
 
 def write_text_atomically(path: Union[str, Path], text: str) -> Path:
     return write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def save_torch_atomically(obj: object, path: Union[str, Path]) -> Path:
+    """torch.save through a file object: torch names the archive's records after a file *name*, so
+    saving to the random temporary name would make identical weights hash differently."""
+    import torch
+
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            torch.save(obj, handle)
+
+    return write_atomically(path, save)

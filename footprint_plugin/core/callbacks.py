@@ -14,11 +14,6 @@ def no_progress(_fraction: float) -> None:
     """Default progress callback: ignore."""
 
 
-def never_canceled() -> bool:
-    """Default cancel callback: never cancel."""
-    return False
-
-
 def check_canceled(is_canceled: Optional[CancelCallback]) -> None:
     """Raise CanceledError if the caller asked to stop."""
     if is_canceled is not None and is_canceled():

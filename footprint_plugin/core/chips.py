@@ -16,8 +16,10 @@ import numpy as np
 from affine import Affine
 from shapely.geometry.base import BaseGeometry
 
+from . import raster_io
 from .errors import InputError
-from .labels import clip_ground_truth, load_aoi, load_labels, rasterize_region, rasterize_targets
+from .labels import buildings_on_valid_pixels, load_aoi, load_labels, rasterize_region, rasterize_targets
+from .scaling import apply_scaling, compute_scaling_stats
 
 # A raster larger than this (after resampling to the model GSD) is refused: it would not fit in memory.
 MAX_PIXELS_PER_RASTER = 120_000_000
@@ -65,9 +67,7 @@ class PreparedRaster:
 
 def ground_pixel_size(dataset) -> tuple[float, float]:
     """(x, y) pixel size in ground metres at the raster centre, for any CRS (metres, degrees, Mercator)."""
-    from .raster_io import ground_pixel_size_m
-
-    size = ground_pixel_size_m(dataset)
+    size = raster_io.ground_pixel_size_m(dataset)
     if size is None:
         raise InputError(f"{dataset.name} has no usable CRS. Assign one in QGIS (Raster > Projections > Assign Projection).")
     return size
@@ -76,15 +76,14 @@ def ground_pixel_size(dataset) -> tuple[float, float]:
 def read_at_gsd(
     path: Path, gsd_m: Optional[float], bands: Optional[list[int]] = None
 ) -> tuple[np.ndarray, np.ndarray, Affine, float]:
-    """Raw bands (C, H, W), valid mask, transform and source GSD, resampled to gsd_m when given."""
-    import rasterio
+    """Raw bands (C, H, W), valid mask, transform and source GSD, resampled to gsd_m when given.
+
+    Reads through raster_io (same open checks and validity rules as inference). Without `bands`,
+    every data band is read (an alpha band goes into the valid mask, not the data).
+    """
     from rasterio.enums import Resampling
 
-    try:
-        dataset = rasterio.open(path)
-    except rasterio.errors.RasterioIOError as exc:
-        raise InputError(f"Cannot open raster {path}: {exc}. Is it a GeoTIFF/VRT that GDAL can read?") from None
-    with dataset:
+    with raster_io.opened(path) as dataset:
         gx, gy = ground_pixel_size(dataset)
         source_gsd = math.sqrt(gx * gy)
         # Within 2 % of the model GSD: keep the pixels as they are rather than blur them by resampling.
@@ -95,20 +94,19 @@ def read_at_gsd(
             out_w = max(1, int(round(dataset.width * gx / gsd_m)))
         if out_h * out_w > MAX_PIXELS_PER_RASTER:
             raise InputError(
-                f"{path.name} is {out_w} x {out_h} pixels at the model's GSD: too large to train on in memory. "
+                f"{Path(path).name} is {out_w} x {out_h} pixels at the model's GSD: too large to train on in memory. "
                 "Clip it to the labelled area (or pass an area of interest) and try again."
             )
-        downsampling = out_h < dataset.height
-        bands = bands or list(range(1, dataset.count + 1))
-        raw = dataset.read(
-            bands,
-            out_shape=(len(bands), out_h, out_w),
-            resampling=Resampling.average if downsampling else Resampling.bilinear,
-        )
-        valid = dataset.dataset_mask(out_shape=(out_h, out_w), resampling=Resampling.nearest) > 0
+        if bands is None:
+            alpha = raster_io.alpha_band(dataset)
+            bands = [b for b in range(1, dataset.count + 1) if b != alpha]
+        if (out_h, out_w) == (dataset.height, dataset.width):
+            raw, valid = raster_io.read_block(dataset, bands)
+        else:
+            downsampling = out_h < dataset.height
+            resampling = Resampling.average if downsampling else Resampling.bilinear
+            raw, valid = raster_io.read_block(dataset, bands, out_shape=(out_h, out_w), resampling=resampling)
         transform = dataset.transform * Affine.scale(dataset.width / out_w, dataset.height / out_h)
-        if dataset.nodata is not None and np.issubdtype(raw.dtype, np.floating) and math.isnan(dataset.nodata):
-            valid &= ~np.isnan(raw).any(axis=0)
     return raw, valid, transform, source_gsd
 
 
@@ -137,29 +135,6 @@ def raster_info(path: Path) -> dict[str, Any]:
         raise InputError(f"Cannot open raster {path}: {exc}. Is it a GeoTIFF/VRT that GDAL can read?") from None
 
 
-def scaling_stats(path: Path, card):
-    """Per-raster scaling statistics exactly as inference computes them (core.scaling)."""
-    try:
-        from .scaling import compute_scaling_stats
-
-        return compute_scaling_stats(path, card)
-    except ImportError:  # TEMPORARY until core/raster_io.py lands
-        return None
-
-
-def scale_raw(raw: np.ndarray, valid: np.ndarray, stats, card) -> np.ndarray:
-    """Scale raw bands as inference does (pan replicated to the model's channels when allowed)."""
-    if stats is None:  # TEMPORARY fallback, see scaling_stats
-        low, high = np.percentile(raw[:, valid], [2, 98], axis=1) if valid.any() else (np.zeros(raw.shape[0]), np.ones(raw.shape[0]))
-        scaled = np.clip((raw - low[:, None, None]) / np.maximum(high - low, 1e-6)[:, None, None], 0, 1)
-        if scaled.shape[0] == 1 and card.in_channels > 1:
-            scaled = np.repeat(scaled, card.in_channels, axis=0)
-        return (scaled * valid).astype(np.float32)
-    from .scaling import apply_scaling
-
-    return np.ascontiguousarray(apply_scaling(raw, valid, stats, card), dtype=np.float32)
-
-
 def prepare_raster(
     raster_path: Path,
     labels_path: Path,
@@ -180,10 +155,9 @@ def prepare_raster(
     labels = load_labels(labels_path, info["crs_wkt"])
     if require_overlap:
         check_overlap(raster_path, labels_path, info["bounds"], labels.geometries)
-    stats = scaling_stats(raster_path, card)
-    bands = list(stats.band_indexes) if stats is not None else None
-    raw, valid, transform, source_gsd = read_at_gsd(raster_path, card.gsd_m, bands)
-    image = scale_raw(raw, valid, stats, card)
+    stats = compute_scaling_stats(raster_path, card)
+    raw, valid, transform, source_gsd = read_at_gsd(raster_path, card.gsd_m, list(stats.band_indexes))
+    image = np.ascontiguousarray(apply_scaling(raw, valid, stats, card), dtype=np.float32)
     del raw
     shape = valid.shape
     supervised = valid.copy()
@@ -201,7 +175,7 @@ def prepare_raster(
         supervised &= inside
     pixel_size = card.gsd_m if card.gsd_m else source_gsd
     targets = rasterize_targets(labels.geometries, transform, shape, heads, pixel_size, boundary_width_m)
-    n_inside = len(clip_ground_truth(labels.geometries, transform, valid, min_inside_fraction=0.01))
+    n_inside = len(buildings_on_valid_pixels(labels.geometries, transform, valid, min_inside_fraction=0.01))
     if n_inside == 0:
         warnings.append(f"No label of {labels_path.name} falls on valid pixels of {raster_path.name}.")
     return PreparedRaster(

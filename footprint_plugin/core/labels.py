@@ -130,6 +130,22 @@ def clip_ground_truth(
     min_inside_fraction: float = 0.5,
 ) -> list[BaseGeometry]:
     """Buildings to score against: those mostly on valid pixels of this raster (by pixel count)."""
+    kept = buildings_on_valid_pixels(geometries, transform, valid, min_inside_fraction)
+    if not kept:
+        return kept
+    # Predictions stop where the imagery stops, so cut the kept buildings there too (as SpaceNet's per-tile labels are).
+    region = valid_region(valid, transform)
+    clipped = [g.intersection(region) for g in kept]
+    return [g for g in clipped if not g.is_empty and g.area > 0]
+
+
+def buildings_on_valid_pixels(
+    geometries: Sequence[BaseGeometry],
+    transform: Affine,
+    valid: np.ndarray,
+    min_inside_fraction: float = 0.5,
+) -> list[BaseGeometry]:
+    """The buildings with at least min_inside_fraction of their area on valid pixels, uncut (cheap: no polygonising)."""
     from rasterio.features import rasterize
 
     rows, cols = valid.shape
@@ -151,12 +167,7 @@ def clip_ground_truth(
         full_area_px = pixel_geoms[i].area
         if full_area_px > 0 and inside_counts[n + 1] >= min_inside_fraction * full_area_px:
             kept.append(geometries[i])
-    if not kept:
-        return kept
-    # Predictions stop where the imagery stops, so cut the kept buildings there too (as SpaceNet's per-tile labels are).
-    region = valid_region(valid, transform)
-    clipped = [g.intersection(region) for g in kept]
-    return [g for g in clipped if not g.is_empty and g.area > 0]
+    return kept
 
 
 def valid_region(valid: np.ndarray, transform: Affine) -> BaseGeometry:

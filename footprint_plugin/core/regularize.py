@@ -17,6 +17,9 @@ from shapely import affinity
 from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
+# polygons imports this module only inside a function, so this top-level import is no cycle.
+from .polygons import _polygonal
+
 _H, _V, _D = 0, 1, 2
 
 
@@ -99,16 +102,6 @@ def _orthogonalize_ring(coords: np.ndarray, axis_tolerance: float, min_diagonal:
     return np.asarray(vertices)
 
 
-def _largest_polygon(geom: BaseGeometry) -> Optional[Polygon]:
-    if geom is None or geom.is_empty:
-        return None
-    if geom.geom_type == "Polygon":
-        return geom
-    parts = [g for g in getattr(geom, "geoms", []) if g.geom_type == "Polygon"]
-    parts += [p for g in getattr(geom, "geoms", []) if g.geom_type == "MultiPolygon" for p in g.geoms]
-    return max(parts, key=lambda g: g.area) if parts else None
-
-
 def _iou(a: BaseGeometry, b: BaseGeometry) -> float:
     union = a.union(b).area
     return a.intersection(b).area / union if union > 0 else 0.0
@@ -137,7 +130,7 @@ def regularize_polygon(
         if not multi.is_valid:  # squared parts that now overlap: keep the original rather than merge buildings
             return polygon, False
         return multi, True
-    shape = _largest_polygon(polygon)
+    shape = _polygonal(polygon)
     if shape is None or not shape.is_valid or shape.area <= 0:
         return polygon, False
     # Pixel staircases survive a one-pixel simplification at angles far from 45 degrees; two pixels remove them.
@@ -156,7 +149,7 @@ def regularize_polygon(
         candidate: Optional[BaseGeometry] = shapely.box(cx - hw, cy - hh, cx + hw, cy + hh)
     else:
         simplified = upright.simplify(1.5 * tolerance, preserve_topology=True)
-        simplified = _largest_polygon(simplified)
+        simplified = _polygonal(simplified)
         if simplified is None:
             return polygon, False
         # Short diagonals are rounded corners or noise; what counts as short grows with the building.
@@ -173,11 +166,11 @@ def regularize_polygon(
         if candidate is not None:
             candidate = shapely.simplify(candidate, 0.0)  # drop collinear vertices
             if not candidate.is_valid:
-                candidate = _largest_polygon(shapely.make_valid(candidate))
+                candidate = _polygonal(shapely.make_valid(candidate))
     if candidate is None or candidate.is_empty:
         return polygon, False
     candidate = affinity.rotate(candidate, angle, origin=origin, use_radians=True)
-    candidate = _largest_polygon(candidate if candidate.is_valid else shapely.make_valid(candidate))
+    candidate = _polygonal(candidate if candidate.is_valid else shapely.make_valid(candidate))
     if candidate is None or _iou(candidate, shape) < min_iou:
         return polygon, False
     return candidate, True

@@ -22,11 +22,12 @@ import numpy as np
 import torch
 from torch.nn import functional
 
-from .atomic import write_atomically
+from .atomic import save_torch_atomically
 from .augment import AugmentOptions, augment_chip, resize_chip
 from .callbacks import CancelCallback, ProgressCallback, check_canceled, sub_progress
 from .chips import ChipSampler, PreparedRaster, assign_spatial_blocks, prepare_raster, raster_info
 from .errors import CanceledError, InputError, ModelError, OutputError
+from .evaluate import scores_from_counts
 from .labels import clip_ground_truth, heads_for
 from .modelcard import ModelCard, find_model, user_model_dir
 
@@ -201,15 +202,18 @@ def _build_card(config: TrainingConfig, pairs: Sequence[TrainingPair], base: Opt
             allow_panchromatic=allow_pan,
         )
     else:
-        from .chips import ground_pixel_size
+        from . import raster_io
 
         gsd = config.gsd_m
         if gsd is None:
-            import rasterio
-
-            with rasterio.open(pairs[0].raster) as dataset:
-                gx, gy = ground_pixel_size(dataset)
-            gsd = round(math.sqrt(gx * gy), 4)
+            with raster_io.opened(pairs[0].raster) as dataset:
+                source_gsd = raster_io.raster_gsd_m(dataset)
+            if source_gsd is None:
+                raise InputError(
+                    f"{Path(pairs[0].raster).name} has no usable CRS, so its ground sample distance is unknown. "
+                    "Assign one in QGIS (Raster > Projections > Assign Projection) or set the model GSD."
+                )
+            gsd = round(source_gsd, 4)
         heads = list(heads_for(config.heads))
         card = ModelCard(
             name=config.out_name,
@@ -345,13 +349,6 @@ def _object_counts(pred: list, truth: list) -> tuple[int, int, int]:
     return int(scores.tp), int(scores.fp), int(scores.fn)
 
 
-def _f1(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return precision, recall, f1
-
-
 def _crop_box(mask: np.ndarray) -> tuple[int, int, int, int]:
     rows = np.flatnonzero(mask.any(axis=1))
     cols = np.flatnonzero(mask.any(axis=0))
@@ -405,12 +402,12 @@ def evaluate_rasters(
         entry["inter"] += int((footprint & truth_pixels & crop_mask).sum())
         entry["union"] += int(((footprint | truth_pixels) & crop_mask).sum())
     for entry in per_area.values():
-        precision, recall, f1 = _f1(entry["tp"], entry["fp"], entry["fn"])
+        scores = scores_from_counts(entry["tp"], entry["fp"], entry["fn"])
         inter, union = entry.pop("inter"), entry.pop("union")
         entry.update(
-            precision=round(precision, 4),
-            recall=round(recall, 4),
-            f1=round(f1, 4),
+            precision=round(scores.precision, 4),
+            recall=round(scores.recall, 4),
+            f1=round(scores.f1, 4),
             pixel_iou=round(inter / union, 4) if union else 0.0,
             n_buildings=entry["tp"] + entry["fn"],
         )
@@ -420,8 +417,11 @@ def evaluate_rasters(
 def _summarise(per_area: dict[str, dict[str, Any]], split: str) -> dict[str, float]:
     entries = [e for e in per_area.values() if e["split"] == split]
     tp, fp, fn = (sum(e[k] for e in entries) for k in ("tp", "fp", "fn"))
-    precision, recall, f1 = _f1(tp, fp, fn)
-    return {"f1": round(f1, 4), "precision": round(precision, 4), "recall": round(recall, 4), "tp": tp, "fp": fp, "fn": fn}
+    scores = scores_from_counts(tp, fp, fn)
+    return {
+        "f1": round(scores.f1, 4), "precision": round(scores.precision, 4), "recall": round(scores.recall, 4),
+        "tp": tp, "fp": fp, "fn": fn,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -437,10 +437,6 @@ def _signature(config: TrainingConfig, pairs: Sequence[TrainingPair]) -> str:
     settings = {k: v for k, v in asdict(config).items() if k not in ignored}
     settings["pairs"] = [[str(p.raster.resolve()), str(p.labels.resolve()), str(p.aoi.resolve()) if p.aoi else "", p.name] for p in pairs]
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    write_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _checkpoint_path(out_dir: Path, name: str) -> Path:
@@ -657,7 +653,7 @@ def train_model(
             + (" (best)" if improved else "")
             + f", {record['seconds']:.0f} s"
         )
-        _atomic_torch_save(
+        save_torch_atomically(
             {
                 "signature": signature,
                 "epoch": epoch + 1,

@@ -13,7 +13,7 @@ from typing import Any, Union
 import torch
 from torch import nn
 
-from .atomic import write_atomically
+from .atomic import save_torch_atomically
 from .errors import ModelError, OutputError
 from .modelcard import ModelCard, save_card, sha256_file
 from .models import create_model
@@ -106,7 +106,7 @@ def save_model(model: nn.Module, card: ModelCard, folder: Union[str, Path]) -> P
         raise ModelError(f"Model name '{card.name}' may only use letters, digits, '.', '_' and '-'.")
     weights_path = folder / f"{card.name}.pt"
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    write_atomically(weights_path, lambda tmp: torch.save(state, tmp))
+    save_torch_atomically(state, weights_path)
     card.weights_file = weights_path.name
     card.sha256 = sha256_file(weights_path)
     card.validate()
