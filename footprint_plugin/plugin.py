@@ -17,8 +17,8 @@ except ImportError:
 
 from . import deps
 from .core.modelcard import USER_MODELS_ENV
+from .processing.base import ICON_PATH
 
-PLUGIN_ROOT = Path(__file__).resolve().parents[1]
 MENU = "&Building Footprints"
 TITLE = "Building Footprints"
 
@@ -53,7 +53,7 @@ class FootprintPlugin:
     # --- GUI --------------------------------------------------------------------------------------------
     def initGui(self) -> None:
         self.initProcessing()
-        icon = QIcon(str(PLUGIN_ROOT / "resources" / "icon.svg"))
+        icon = QIcon(str(ICON_PATH))
         main_window = self.iface.mainWindow()
         self.detect_action = self._add_action(icon, "Detect buildings", self.show_detect_dialog, main_window)
         self._add_action(icon, "Train / fine-tune model…", self.show_train_dialog, main_window)

@@ -20,6 +20,16 @@ def _isolated_user_models(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("FOOTPRINT_USER_MODELS", str(tmp_path_factory.mktemp("user_models")))
 
 
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A folder holding the random-weight `tiny_test_model` (see tests/qgis_helpers.make_tiny_model)."""
+    from tests.qgis_helpers import make_tiny_model
+
+    folder = tmp_path_factory.mktemp("models")
+    make_tiny_model(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """../shared/data with real imagery and labels; tests using it skip where it is absent."""

@@ -75,8 +75,13 @@ def wait_until(condition, limit_s: float = 300.0, step_s: float = 0.05) -> bool:
     return False
 
 
-def make_tiny_model(folder: Path | None = None, name: str = "tiny_test_model", in_channels: int = 3, **card_fields):
-    """A random-weight mobile U-Net saved with a card, for exercising the plumbing (not the accuracy)."""
+def make_tiny_model(
+    folder: Path | None = None, name: str = "tiny_test_model", in_channels: int = 3, zero_head: bool = False, **card_fields
+):
+    """A random-weight mobile U-Net saved with a card, for exercising the plumbing (not the accuracy).
+
+    zero_head: zero the last convolution, so the model outputs probability 0.5 everywhere.
+    """
     import torch
 
     from footprint_plugin.core import zoo
@@ -86,6 +91,10 @@ def make_tiny_model(folder: Path | None = None, name: str = "tiny_test_model", i
     torch.manual_seed(0)
     architecture = card_fields.pop("architecture", "unet_mobilenetv2")
     model = create_model(architecture, in_channels, 1)
+    if zero_head:
+        last = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+        torch.nn.init.zeros_(last.weight)
+        torch.nn.init.zeros_(last.bias)
     defaults = dict(
         name=name,
         architecture=architecture,

@@ -15,13 +15,6 @@ from tests.qgis_helpers import import_plugin_package, install_plugins_menu, make
 SPACENET_SAMPLE = "eo/spacenet4_atlanta_pan/tiles/sample_geotiff.tif"
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("gui_models")
-    make_tiny_model(folder)
-    return folder
-
-
 @pytest.fixture
 def plugin(qgis_iface, qgis_processing, qgis_new_project, tiny_model_dir, monkeypatch):
     monkeypatch.setenv("FOOTPRINT_USER_MODELS", str(tiny_model_dir))

@@ -20,33 +20,13 @@ from footprint_plugin.core.vector_io import read_polygons
 @pytest.fixture
 def random_model_card(tmp_path, monkeypatch) -> ModelCard:
     """A small random-weight EO model saved in the (isolated) user model folder."""
-    import torch
+    # zero_head: a random network then outputs 0.5 everywhere, so some pixels still pass the threshold.
+    from footprint_plugin.core.modelcard import load_card
+    from tests.qgis_helpers import make_tiny_model
 
-    from footprint_plugin.core.modelcard import user_model_dir
-    from footprint_plugin.core.models import create_model
-    from footprint_plugin.core.zoo import save_model
-
-    torch.manual_seed(0)
-    model = create_model("unet_mobilenetv2", 3, 1).eval()
-    # Bias the output up so a random network still marks some pixels as buildings.
-    last = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
-    torch.nn.init.zeros_(last.weight)
-    torch.nn.init.constant_(last.bias, 0.0)
-    card = ModelCard(
-        name="test_random_eo",
-        architecture="unet_mobilenetv2",
-        in_channels=3,
-        out_channels=1,
-        band_roles=["red", "green", "blue"],
-        scaling={"method": "divide", "value": 255.0},
-        gsd_m=0.5,
-        tile_size=256,
-        overlap=32,
-        threshold=0.5,
-        tta="d4",
+    return load_card(
+        make_tiny_model(name="test_random_eo", scaling={"method": "divide", "value": 255.0}, tta="d4", zero_head=True)
     )
-    save_model(model, card, user_model_dir())
-    return card
 
 
 def _with_buildings_everywhere(card: ModelCard):

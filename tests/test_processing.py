@@ -9,8 +9,6 @@ import numpy as np
 import pytest
 from qgis.core import QgsApplication, QgsProcessingException, QgsRasterLayer, QgsVectorLayer
 
-from tests.qgis_helpers import make_tiny_model
-
 BUILDING_FIELDS = ["id", "score", "area_m2", "perimeter_m", "compactness", "regularized", "source", "model"]
 KAMPALA = "eo/hotosm_kampala"
 
@@ -24,13 +22,6 @@ def provider(qgis_processing):
     assert registry.addProvider(provider)
     yield provider
     registry.removeProvider(provider)
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("models")
-    make_tiny_model(folder)
-    return folder
 
 
 @pytest.fixture

@@ -10,10 +10,11 @@ from qgis.core import QgsRasterLayer, QgsSettings
 from qgis.PyQt import uic
 from qgis.PyQt.QtWidgets import QDialog, QDialogButtonBox, QFileDialog, QWidget
 
+from ..processing.detect_buildings import DEVICES, default_model
+
 UI_DIR = Path(__file__).resolve().parents[2] / "ui"
 FORM_CLASS, _ = uic.loadUiType(str(UI_DIR / "detect_dialog.ui"))
 SETTINGS_PREFIX = "building_footprints/detect/"
-DEVICES = ("auto", "cpu", "cuda")
 
 
 def card_html(card: Any) -> str:
@@ -77,7 +78,7 @@ class DetectDialog(QDialog, FORM_CLASS):
 
     def reload_models(self) -> None:
         """Re-read the model folders, so models trained or imported since are listed."""
-        from ..core.modelcard import default_model_name, list_models
+        from ..core.modelcard import list_models
 
         current = self.modelCombo.currentData()
         self.cards = list_models()
@@ -86,7 +87,7 @@ class DetectDialog(QDialog, FORM_CLASS):
         for card in self.cards:
             self.modelCombo.addItem(card.display_name + ("" if card.bundled else " [user]"), card.name)
         self.modelCombo.blockSignals(False)
-        wanted = current or self.settings.value(SETTINGS_PREFIX + "model", "") or default_model_name()
+        wanted = current or self.settings.value(SETTINGS_PREFIX + "model", "") or default_model([card.name for card in self.cards])
         index = self.modelCombo.findData(wanted)
         self.modelCombo.setCurrentIndex(max(index, 0))
         self._model_changed()

@@ -21,6 +21,7 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
+    QgsRasterLayer,
 )
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
@@ -30,6 +31,35 @@ ICON_PATH = PLUGIN_ROOT / "resources" / "icon.svg"
 GROUP_DETECT = "Detection"
 GROUP_TRAIN = "Training"
 GROUP_VECTOR = "Vector tools"
+VECTOR_FORMATS = ["gpkg", "geojson", "shp"]
+
+
+def raster_file(layer: QgsRasterLayer | None, parameter: str) -> Path:
+    """The file behind a raster layer; the engine reads files, not web services."""
+    if layer is None:
+        raise QgsProcessingException(f"{parameter}: no raster layer given. Pick a raster layer or a GeoTIFF file.")
+    if layer.providerType() != "gdal":
+        raise QgsProcessingException(
+            f"{parameter}: layer '{layer.name()}' comes from the '{layer.providerType()}' provider. "
+            "Save it as a GeoTIFF first (right-click > Export > Save As…) and run on that file."
+        )
+    path = Path(layer.source().split("|")[0])
+    if not path.exists():
+        raise QgsProcessingException(f"{parameter}: file {path} does not exist. Check the layer's source.")
+    return path
+
+
+def source_path(
+    alg: QgsProcessingAlgorithm,
+    parameters: dict[str, Any],
+    name: str,
+    context: QgsProcessingContext,
+    feedback: QgsProcessingFeedback,
+) -> str | None:
+    """A vector parameter as a file path GDAL/fiona can read (exported to gpkg if needed); None when not given."""
+    if alg.parameterAsSource(parameters, name, context) is None:
+        return None
+    return alg.parameterAsCompatibleSourceLayerPath(parameters, name, context, VECTOR_FORMATS, "gpkg", feedback)
 
 
 def _field_type(kind: str):
@@ -183,10 +213,9 @@ class FootprintAlgorithm(QgsProcessingAlgorithm):
     def canExecute(self) -> tuple[bool, str]:
         from .. import deps
 
-        deps.ensure_dependency_path()
         missing = deps.missing_dependencies()
         if missing:
-            return False, deps.install_hint()
+            return False, deps.install_hint(missing)
         return True, ""
 
     def processAlgorithm(
@@ -195,12 +224,10 @@ class FootprintAlgorithm(QgsProcessingAlgorithm):
         ok, message = self.canExecute()
         if not ok:
             raise QgsProcessingException(message)
-        from ..core.errors import CanceledError, FootprintError
+        from ..core.errors import FootprintError
 
         try:
             return self.perform(parameters, context, feedback)
-        except CanceledError as exc:
-            raise QgsProcessingException(str(exc)) from None
         except FootprintError as exc:
             raise QgsProcessingException(str(exc)) from None
 

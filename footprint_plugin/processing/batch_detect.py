@@ -23,7 +23,15 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from .base import GROUP_DETECT, FeedbackAdapter, FootprintAlgorithm, add_polygon_features, building_fields, crs_from_wkt
+from .base import (
+    GROUP_DETECT,
+    FeedbackAdapter,
+    FootprintAlgorithm,
+    add_polygon_features,
+    building_fields,
+    crs_from_wkt,
+    raster_file,
+)
 from .compat import FILE_FOLDER, NUMBER_DOUBLE, SOURCE_POLYGON, SOURCE_RASTER, WKB_MULTIPOLYGON
 from .detect_buildings import DEVICES, default_model, model_names, resolve_card
 
@@ -64,9 +72,10 @@ class BatchDetectAlgorithm(FootprintAlgorithm):
                 self.RASTERS, self.tr("Raster tiles"), SOURCE_RASTER, optional=True
             )
         )
+        names = model_names()
         self.addParameter(
             QgsProcessingParameterEnum(
-                self.MODEL, self.tr("Model"), options=model_names(), defaultValue=default_model(), optional=True,
+                self.MODEL, self.tr("Model"), options=names, defaultValue=default_model(names), optional=True,
                 usesStaticStrings=True,
             )
         )
@@ -111,7 +120,7 @@ class BatchDetectAlgorithm(FootprintAlgorithm):
             pattern = self.parameterAsString(parameters, self.PATTERN, context) or "*.tif"
             tiles += sorted(p for p in Path(folder).iterdir() if p.is_file() and fnmatch.fnmatch(p.name.lower(), pattern.lower()))
         for layer in self.parameterAsLayerList(parameters, self.RASTERS, context):
-            tiles.append(Path(layer.source().split("|")[0]))
+            tiles.append(raster_file(layer, self.RASTERS))
         if not tiles:
             raise QgsProcessingException(
                 "No tiles to process. Pick a folder containing rasters that match the file pattern, or some raster layers."

@@ -26,7 +26,15 @@ from qgis.core import (
     QgsRectangle,
 )
 
-from .base import GROUP_DETECT, FeedbackAdapter, FootprintAlgorithm, add_polygon_features, building_fields, crs_from_wkt
+from .base import (
+    GROUP_DETECT,
+    FeedbackAdapter,
+    FootprintAlgorithm,
+    add_polygon_features,
+    building_fields,
+    crs_from_wkt,
+    raster_file,
+)
 from .compat import NUMBER_DOUBLE, SOURCE_POLYGON, WKB_MULTIPOLYGON
 
 DEVICES = ["auto", "cpu", "cuda"]
@@ -39,27 +47,12 @@ def model_names() -> list[str]:
     return [card.name for card in list_models()]
 
 
-def default_model() -> str | None:
+def default_model(names: list[str] | None = None) -> str | None:
     from ..core.modelcard import default_model_name
 
-    names = model_names()
+    names = model_names() if names is None else names
     preferred = default_model_name()
     return preferred if preferred in names else (names[0] if names else None)
-
-
-def raster_file(layer: QgsRasterLayer | None, parameter: str) -> Path:
-    """The file behind a raster layer; the engine reads files, not web services."""
-    if layer is None:
-        raise QgsProcessingException(f"{parameter}: no raster layer given. Pick a raster layer or a GeoTIFF file.")
-    if layer.providerType() != "gdal":
-        raise QgsProcessingException(
-            f"{parameter}: layer '{layer.name()}' comes from the '{layer.providerType()}' provider. "
-            "Save it as a GeoTIFF first (right-click > Export > Save As…) and run on that file."
-        )
-    path = Path(layer.source().split("|")[0])
-    if not path.exists():
-        raise QgsProcessingException(f"{parameter}: file {path} does not exist. Check the layer's source.")
-    return path
 
 
 def resolve_card(model_name: str | None):
@@ -137,7 +130,7 @@ class DetectBuildingsAlgorithm(FootprintAlgorithm):
                 self.MODEL,
                 self.tr("Model"),
                 options=names,
-                defaultValue=default_model(),
+                defaultValue=default_model(names),
                 optional=True,
                 usesStaticStrings=True,
             )

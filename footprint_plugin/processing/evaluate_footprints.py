@@ -17,10 +17,16 @@ from qgis.core import (
     QgsProcessingParameterNumber,
 )
 
-from .base import GROUP_VECTOR, FeedbackAdapter, FootprintAlgorithm, add_polygon_features, crs_from_wkt, make_fields
+from .base import (
+    GROUP_VECTOR,
+    FeedbackAdapter,
+    FootprintAlgorithm,
+    add_polygon_features,
+    crs_from_wkt,
+    make_fields,
+    source_path,
+)
 from .compat import NUMBER_DOUBLE, SOURCE_POLYGON, WKB_MULTIPOLYGON
-
-VECTOR_FORMATS = ["gpkg", "geojson", "shp"]
 
 
 class EvaluateFootprintsAlgorithm(FootprintAlgorithm):
@@ -87,12 +93,8 @@ class EvaluateFootprintsAlgorithm(FootprintAlgorithm):
     ) -> dict[str, Any]:
         from ..core.evaluate import evaluate_files
 
-        def layer_path(name: str) -> str | None:
-            if self.parameterAsSource(parameters, name, context) is None:
-                return None
-            return self.parameterAsCompatibleSourceLayerPath(parameters, name, context, VECTOR_FORMATS, "gpkg", feedback)
-
-        predicted, reference = layer_path(self.PREDICTED), layer_path(self.REFERENCE)
+        predicted = source_path(self, parameters, self.PREDICTED, context, feedback)
+        reference = source_path(self, parameters, self.REFERENCE, context, feedback)
         if not predicted or not reference:
             raise QgsProcessingException("Pick both a predicted and a reference polygon layer.")
         report = self.parameterAsFileOutput(parameters, self.REPORT, context) or None
@@ -100,7 +102,7 @@ class EvaluateFootprintsAlgorithm(FootprintAlgorithm):
         result = evaluate_files(
             predicted,
             reference,
-            aoi_path=layer_path(self.AOI),
+            aoi_path=source_path(self, parameters, self.AOI, context, feedback),
             min_area_m2=self.parameterAsDouble(parameters, self.MIN_AREA, context),
             report_json=report,
             iou_threshold=self.parameterAsDouble(parameters, self.IOU_THRESHOLD, context),

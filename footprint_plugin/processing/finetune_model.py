@@ -34,9 +34,10 @@ class FinetuneModelAlgorithm(TrainModelAlgorithm):
     )
 
     def add_model_parameter(self) -> None:
+        names = model_names()
         self.addParameter(
             QgsProcessingParameterEnum(
-                self.BASE_MODEL, self.tr("Base model"), options=model_names(), defaultValue=default_model(),
+                self.BASE_MODEL, self.tr("Base model"), options=names, defaultValue=default_model(names),
                 optional=True, usesStaticStrings=True,
             )
         )

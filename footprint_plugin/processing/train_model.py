@@ -21,12 +21,11 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from .base import GROUP_TRAIN, FeedbackAdapter, FootprintAlgorithm
+from .base import GROUP_TRAIN, FeedbackAdapter, FootprintAlgorithm, raster_file, source_path
 from .compat import FLAG_ADVANCED, NUMBER_DOUBLE, NUMBER_INTEGER, SOURCE_POLYGON, SOURCE_RASTER
 from .detect_buildings import DEVICES
 
 ARCHITECTURES = ["unet_mobilenetv2", "unet_resnet34", "unet_vgg11", "deeplabv3plus_resnet"]
-VECTOR_FORMATS = ["gpkg", "geojson", "shp"]
 
 
 class TrainModelAlgorithm(FootprintAlgorithm):
@@ -112,23 +111,19 @@ class TrainModelAlgorithm(FootprintAlgorithm):
         rasters = self.parameterAsLayerList(parameters, self.INPUT, context)
         if not rasters:
             raise QgsProcessingException("Pick at least one raster layer with the buildings you digitized.")
-        for layer in rasters:
-            if layer.providerType() != "gdal":
-                raise QgsProcessingException(f"Raster '{layer.name()}' is not a file; save it as a GeoTIFF first.")
-        if self.parameterAsSource(parameters, self.BUILDINGS, context) is None:
+        raster_paths = [raster_file(layer, self.INPUT) for layer in rasters]
+        labels = source_path(self, parameters, self.BUILDINGS, context, feedback)
+        if labels is None:
             raise QgsProcessingException(self.invalidSourceError(parameters, self.BUILDINGS))
-        labels = self.parameterAsCompatibleSourceLayerPath(parameters, self.BUILDINGS, context, VECTOR_FORMATS, "gpkg", feedback)
-        aoi = None
-        if self.parameterAsSource(parameters, self.AOI, context) is not None:
-            aoi = self.parameterAsCompatibleSourceLayerPath(parameters, self.AOI, context, VECTOR_FORMATS, "gpkg", feedback)
+        aoi = source_path(self, parameters, self.AOI, context, feedback)
         name = self.parameterAsString(parameters, self.NAME_PARAM, context).strip()
         if not name or any(c in name for c in '/\\:*?"<>| '):
             raise QgsProcessingException("Give the model a name without spaces or / \\ : * ? \" < > | (e.g. my_town).")
         out_folder = self.parameterAsString(parameters, self.OUTPUT_FOLDER, context) or None
         max_minutes = self.parameterAsDouble(parameters, self.MAX_MINUTES, context)
         pairs = [
-            TrainingPair(raster=Path(layer.source().split("|")[0]), labels=Path(labels), aoi=Path(aoi) if aoi else None)
-            for layer in rasters
+            TrainingPair(raster=raster, labels=Path(labels), aoi=Path(aoi) if aoi else None)
+            for raster in raster_paths
         ]
         config = TrainingConfig(
             out_name=name,
