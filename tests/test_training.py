@@ -160,6 +160,31 @@ def test_bad_inputs_give_clear_errors(tmp_path, two_areas):
     # Unknown validation area.
     with pytest.raises(InputError, match="Unknown validation area"):
         train_model(two_areas, small_config(tmp_path, val_areas=["nowhere"]))
+    # Settings that do not exist are named, with the valid choices.
+    with pytest.raises(InputError, match="augmentation must be 'standard' or 'robust'"):
+        train_model(two_areas, small_config(tmp_path, augmentation="heavy"))
+
+
+def test_mixed_precision_where_the_cpu_runs_it_natively(tmp_path, two_areas):
+    from footprint_plugin.core.device import cpu_supports_bf16
+
+    messages: list[str] = []
+    result = train_model(two_areas, small_config(tmp_path, epochs=1, out_name="amp", precision="auto"), log=messages.append)
+    expected = "with bfloat16 mixed precision" if cpu_supports_bf16() else "in fp32"
+    assert any(m.startswith("Training ") and expected in m for m in messages), messages
+    # Master weights stay fp32 whatever the autocast dtype.
+    state = torch.load(result.weights_path, weights_only=True)
+    assert all(t.dtype == torch.float32 for t in state.values() if t.is_floating_point())
+    messages.clear()
+    train_model(two_areas, small_config(tmp_path, epochs=1, out_name="fp32", precision="fp32"), log=messages.append)
+    assert any(m.startswith("Training ") and "in fp32" in m for m in messages), messages
+    with pytest.raises(InputError, match="precision must be"):
+        train_model(two_areas, small_config(tmp_path, precision="fp8"))
+
+
+def test_robust_augmentation_trains(tmp_path, two_areas):
+    result = train_model(two_areas, small_config(tmp_path, epochs=1, out_name="robust", augmentation="robust"))
+    assert result.weights_path.is_file() and load_card(result.card_path).architecture == "unet_mobilenetv2"
 
 
 def test_disk_full_leaves_no_corrupt_model(tmp_path, two_areas):

@@ -44,6 +44,8 @@ def _add_shared_arguments(parser: argparse.ArgumentParser, finetune: bool) -> No
     parser.add_argument("--loss", choices=("bce", "focal"), default="bce", help="pixel loss, always plus Dice")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--precision", choices=("auto", "fp32"), default="auto",
+                        help="auto: mixed precision where the device runs it fast (CUDA fp16, CPU bf16 with AMX/AVX512-BF16)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is fastest on a busy machine)")
     parser.add_argument("--max-minutes", type=float, help="time budget; the learning-rate schedule fits into it")
     parser.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint of this run exists")
@@ -117,6 +119,7 @@ def _config(args: argparse.Namespace, base: Optional[str]):
         patience=args.patience,
         seed=args.seed,
         device=args.device,
+        precision=args.precision,
         out_dir=args.out_dir,
         resume=not args.no_resume,
         max_minutes=args.max_minutes,

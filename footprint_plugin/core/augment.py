@@ -1,8 +1,11 @@
 """Chip augmentation, driven by a seeded numpy Generator so training is reproducible.
 
 EO: flips, 90-degree rotations, brightness/contrast, small scale jitter (done by the sampler's
-window size, then resized here) and grayscale, so a model trained on RGB also reads panchromatic
-imagery (which inference feeds as the pan band repeated in every channel).
+window size, then resized here), roof recolouring, sensor blur and grayscale, so a model trained on
+RGB also reads panchromatic imagery (which inference feeds as the pan band repeated in every channel).
+Roof recolouring gives each labelled building a random brightness and tint: the training areas
+have mostly bright concrete and metal roofs, and a model that learns "bright = building" misses
+the dark shingle roofs of North American suburbs and marks their bright driveways instead.
 SAR: left-right flip only. Rotating or mirroring top-bottom would put the radar shadow and
 layover on the wrong side of buildings relative to the look direction.
 """
@@ -25,12 +28,27 @@ class AugmentOptions:
     # Of the grayscale chips, the share made to look like a satellite panchromatic band (bright vegetation).
     pan_like_probability: float = 0.6
     scale_jitter: float = 0.15  # log-scale range of the sampler's window size
+    roof_recolor_probability: float = 0.0  # share of chips whose buildings get a random brightness/tint
+    roof_gain_range: tuple[float, float] = (0.3, 1.3)
+    blur_probability: float = 0.0  # share of chips blurred like a satellite sensor's point-spread function
+    blur_sigma_range: tuple[float, float] = (0.4, 1.2)  # pixels
 
     @classmethod
     def for_sensor(cls, sensor: str) -> AugmentOptions:
         if sensor == "SAR":
             return cls(sensor="SAR", brightness=0.0, contrast=0.0, grayscale_probability=0.0, scale_jitter=0.0)
         return cls(sensor="EO")
+
+    @classmethod
+    def robust_eo(cls) -> AugmentOptions:
+        """The stronger EO policy of the bundled model: more pan-like chips, recoloured roofs, blur."""
+        return cls(
+            sensor="EO",
+            grayscale_probability=0.45,
+            pan_like_probability=0.7,
+            roof_recolor_probability=0.4,
+            blur_probability=0.3,
+        )
 
 
 def resize_chip(
@@ -58,6 +76,40 @@ def _pan_like(gray: np.ndarray, rgb: np.ndarray, vegetation_gain: float) -> np.n
     return np.clip((pan - low) / max(float(high - low), 1e-6), 0.0, 1.0).astype(np.float32)
 
 
+def _component_labels(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    from scipy import ndimage
+
+    labels, count = ndimage.label(mask)
+    return labels, int(count)
+
+
+def recolor_roofs(image: np.ndarray, footprint: np.ndarray, rng: np.random.Generator, gain_range: tuple[float, float]) -> np.ndarray:
+    """Give every building of the chip its own brightness and tint, with a one-pixel soft edge.
+
+    The soft edge keeps the network from learning that a building ends at a perfectly sharp step.
+    """
+    from scipy import ndimage
+
+    labels, count = _component_labels(footprint > 0.5)
+    if count == 0:
+        return image
+    gains = rng.uniform(gain_range[0], gain_range[1], size=count + 1).astype(np.float32)
+    tints = rng.normal(1.0, 0.08, size=(count + 1, image.shape[0])).astype(np.float32)
+    gains[0] = 1.0
+    tints[0] = 1.0
+    per_pixel_gain = gains[labels]  # (S, S)
+    per_pixel_tint = np.moveaxis(tints[labels], -1, 0)  # (C, S, S)
+    softness = ndimage.uniform_filter((labels > 0).astype(np.float32), size=3)
+    factor = 1.0 + softness[None] * (per_pixel_gain[None] * per_pixel_tint - 1.0)
+    return np.clip(image * factor, 0.0, 1.0).astype(np.float32)
+
+
+def blur_chip(image: np.ndarray, sigma: float) -> np.ndarray:
+    from scipy import ndimage
+
+    return ndimage.gaussian_filter(image, sigma=(0, sigma, sigma)).astype(np.float32)
+
+
 def augment_chip(
     image: np.ndarray,
     targets: np.ndarray,
@@ -77,6 +129,10 @@ def augment_chip(
             targets = np.rot90(targets, turns, axes=(-2, -1))
             weight = np.rot90(weight, turns, axes=(-2, -1))
         image = np.array(image, dtype=np.float32)
+        if options.roof_recolor_probability and rng.random() < options.roof_recolor_probability:
+            image = recolor_roofs(image, np.asarray(targets[0]), rng, options.roof_gain_range)
+        if options.blur_probability and rng.random() < options.blur_probability:
+            image = blur_chip(image, float(rng.uniform(*options.blur_sigma_range)))
         if image.shape[0] >= 3 and rng.random() < options.grayscale_probability:
             # Random band weights: a panchromatic band is not exactly the RGB luminance (it sees NIR too).
             mix = rng.dirichlet(np.ones(3) * 4.0).astype(np.float32)
