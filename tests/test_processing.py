@@ -165,11 +165,14 @@ def test_train_then_finetune(provider, tiny_model, shared_data, kampala_tiles, t
     card = Path(trained["MODEL_CARD"])
     assert card.is_file() and card.parent == Path(tiny_model_dir_of(tiny_model))
     assert Path(trained["REPORT"]).is_file() and "trained_in_test" == trained["MODEL_NAME"]
-    tuned = run("footprint:finetunemodel", {**common, "BASE_MODEL": "trained_in_test", "NAME": "tuned_in_test"})
+    tuned = run(
+        "footprint:finetunemodel", {**common, "BASE_MODEL": "trained_in_test", "NAME": "tuned_in_test", "AUGMENTATION": "robust"}
+    )
     assert Path(tuned["MODEL_CARD"]).is_file()
     from footprint_plugin.core.modelcard import find_model
 
-    assert find_model("tuned_in_test").architecture == "unet_mobilenetv2"
+    tuned_card = find_model("tuned_in_test")
+    assert tuned_card.architecture == "unet_mobilenetv2" and tuned_card.extra["training"]["augmentation"] == "robust"
 
 
 def tiny_model_dir_of(_name: str) -> str:

@@ -744,6 +744,8 @@ def train_model(
         "test_areas": sorted({r.name for r in rasters if r.role == "test"}),
         "labels_repaired": n_fixed,
         "chip_size": config.chip_size,
+        "augmentation": config.augmentation,
+        "precision": str(amp_dtype).replace("torch.", "") if use_amp else "fp32",
         "epochs": len(history),
         "seed": config.seed,
         "minutes": round((elapsed_before + time.monotonic() - started) / 60.0, 1),

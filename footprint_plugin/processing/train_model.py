@@ -26,6 +26,7 @@ from .compat import FLAG_ADVANCED, NUMBER_DOUBLE, NUMBER_INTEGER, SOURCE_POLYGON
 from .detect_buildings import DEVICES
 
 ARCHITECTURES = ["unet_mobilenetv2", "unet_resnet34", "unet_vgg11", "deeplabv3plus_resnet"]
+AUGMENTATIONS = ["standard", "robust"]
 
 
 class TrainModelAlgorithm(FootprintAlgorithm):
@@ -40,6 +41,7 @@ class TrainModelAlgorithm(FootprintAlgorithm):
     CHIP_SIZE = "CHIP_SIZE"
     LEARNING_RATE = "LEARNING_RATE"
     MAX_MINUTES = "MAX_MINUTES"
+    AUGMENTATION = "AUGMENTATION"
     OUTPUT_FOLDER = "OUTPUT_FOLDER"
 
     NAME = "trainmodel"
@@ -50,7 +52,9 @@ class TrainModelAlgorithm(FootprintAlgorithm):
         "you digitized on them.\n\n<b>Area digitized</b> (optional): polygons outlining where every building was "
         "drawn; pixels outside are ignored, so unlabelled areas do not teach the model that buildings are ground. "
         "Without it, the whole raster counts as labelled.\n<b>Architecture</b>: unet_mobilenetv2 is fastest on a CPU.\n"
-        "A part of the chips is held out for validation; the best epoch is kept.\n\n"
+        "A part of the chips is held out for validation; the best epoch is kept.\n"
+        "<b>Augmentation</b> (advanced): <i>robust</i> also recolours roofs, blurs and turns more chips into "
+        "panchromatic-like gray, for a model that must work on imagery unlike the rasters it learns from.\n\n"
         "Outputs: the new model card (the model appears in Detect buildings at once), its validation metrics and a "
         "training report PNG with loss and score curves."
     )
@@ -77,6 +81,9 @@ class TrainModelAlgorithm(FootprintAlgorithm):
             QgsProcessingParameterNumber(self.CHIP_SIZE, self.tr("Chip size (pixels, multiple of 32)"), NUMBER_INTEGER, 256, minValue=64, maxValue=2048),
             QgsProcessingParameterNumber(self.LEARNING_RATE, self.tr("Learning rate"), NUMBER_DOUBLE, self.default_learning_rate(), minValue=1e-6, maxValue=1.0),
             QgsProcessingParameterNumber(self.MAX_MINUTES, self.tr("Stop after (minutes, 0: no limit)"), NUMBER_DOUBLE, 0.0, minValue=0.0),
+            QgsProcessingParameterEnum(
+                self.AUGMENTATION, self.tr("Augmentation"), options=AUGMENTATIONS, defaultValue=AUGMENTATIONS[0], usesStaticStrings=True
+            ),
             QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, self.tr("Model folder (empty: user model folder)"), optional=True, createByDefault=False),
         ]
         for parameter in advanced:
@@ -132,6 +139,7 @@ class TrainModelAlgorithm(FootprintAlgorithm):
             chip_size=self.parameterAsInt(parameters, self.CHIP_SIZE, context),
             lr=self.parameterAsDouble(parameters, self.LEARNING_RATE, context),
             device=self.parameterAsEnumString(parameters, self.DEVICE, context) or "auto",
+            augmentation=self.parameterAsEnumString(parameters, self.AUGMENTATION, context) or AUGMENTATIONS[0],
             out_dir=Path(out_folder) if out_folder else None,
             max_minutes=max_minutes if max_minutes > 0 else None,
             training_command=f"QGIS Processing footprint:{self.NAME}",
