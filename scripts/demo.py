@@ -70,9 +70,13 @@ def _shown(path: Path) -> str:
 
 def write_quicklook(raster: Path, buildings: Path, labels: Path, path: Path) -> Path:
     """A PNG to look at: the raster, the labelled buildings (cyan) and the detected ones (red)."""
+    import warnings
+
     import matplotlib
 
     matplotlib.use("Agg", force=False)
+    # Debian's python3-matplotlib (pulled in by QGIS) leaves an mpl_toolkits beside ours; 3D is not used here.
+    warnings.filterwarnings("ignore", message="Unable to import Axes3D")
     import numpy as np
     import rasterio
     from matplotlib.figure import Figure
@@ -145,11 +149,12 @@ def main(argv: list[str] | None = None) -> int:
                 self.last = value
                 print(f"  {value:5.1f} %", flush=True)
 
-    print(f"Detecting buildings in {raster.name} with model {model} ...", flush=True)
+    print(f"Detecting buildings in {raster.name} with model {model} (test-time augmentation on) ...", flush=True)
     started = time.monotonic()
     results = processing.run(
         "footprint:detectbuildings",
-        {"INPUT": str(raster), "MODEL": model, "OUTPUT": str(buildings), "PROBABILITY": str(probability)},
+        # TTA (the card's d4 policy, 8 passes) costs about a second here and raises held-out F1 by 0.05-0.08.
+        {"INPUT": str(raster), "MODEL": model, "OUTPUT": str(buildings), "PROBABILITY": str(probability), "TTA": True},
         feedback=PrintFeedback(),
     )
     wall = time.monotonic() - started
@@ -165,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     scores = evaluate_files(buildings, labels, raster_path=raster, iou_threshold=0.5).scores
     print(f"Against the {labels.name} labels (SpaceNet IoU >= 0.5): precision {scores.precision:.3f}, "
           f"recall {scores.recall:.3f}, F1 {scores.f1:.3f} (TP {scores.tp}, FP {scores.fp}, FN {scores.fn})")
+    loose = evaluate_files(buildings, labels, raster_path=raster, iou_threshold=0.1).scores
+    print(f"Looser match (IoU >= 0.1, the detection lies on a labelled building): {loose.tp} of {loose.tp + loose.fp} "
+          f"detections, F1 {loose.f1:.3f}")
     quicklook = write_quicklook(raster, buildings, labels, out / "quicklook.png")
     print(f"Quicklook (labels cyan, detections red): {_shown(quicklook)}")
     QgsApplication.processingRegistry().removeProvider(provider)

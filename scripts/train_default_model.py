@@ -1,10 +1,11 @@
 """Train the bundled default EO model (footprint_eo_mobilenet) from ../shared/data, reproducibly.
 
-Version 1.0 (from scratch):
-    .venv/bin/python scripts/train_default_model.py --minutes 88 --threads 1 --install
-Version 1.1 (continues from 1.0 with the robust EO augmentation: recoloured roofs, blur, more pan-like chips):
-    .venv/bin/python scripts/train_default_model.py --base model_zoo/footprint_eo_mobilenet.json \
-        --augmentation robust --lr 5e-4 --minutes 80 --threads 2 --version 1.1 --install
+The bundled version 1.1 comes from two runs: the first trains 1.0 from scratch, the second continues
+it with the robust EO augmentation (recoloured roofs, sensor blur, more panchromatic-like chips):
+
+    .venv/bin/python scripts/train_default_model.py --minutes 88 --threads 1 --out-dir /tmp/footprint_v1
+    .venv/bin/python scripts/train_default_model.py --base /tmp/footprint_v1/footprint_eo_mobilenet.json \
+        --augmentation robust --lr 0.0005 --minutes 75 --threads 2 --version 1.1 --out-dir /tmp/footprint_v11 --install
 
 Training areas: Banepa + Kathmandu(Banepa) (OAM 0.15 m), Zanzibar (OAM z20), Rio (SpaceNet 1, 0.5 m).
 Validation (checkpoint choice, early stopping): the east/south 20 % strip of each training area.
@@ -117,6 +118,7 @@ def main(argv=None) -> int:
             [".venv/bin/python scripts/train_default_model.py"]
             + ([f"--base {args.base} --augmentation {args.augmentation} --lr {args.lr:g}"] if args.base else [])
             + [f"--minutes {args.minutes:g} --threads {args.threads}"]
+            + ([f"--out-dir {args.out_dir}"] if args.out_dir != Path("/tmp/footprint_default_model") else [])
             + ([f"--version {args.version}"] if args.version != "1.0" else [])
             + ["--install"]
         ),

@@ -33,6 +33,11 @@ def test_demo_detects_buildings_on_the_real_sample(tmp_path, shared_data):
     assert scores, run.stdout
     f1, tp, fp, fn = float(scores.group(1)), *map(int, scores.groups()[1:])
     assert found == tp + fp and tp + fn == 43  # the sample's 43 labelled buildings
+    # Held-out Atlanta is hard for the bundled model (F1 at IoU 0.5 near 0), but most of its detections must
+    # lie on real houses: version 1.0 had 3 of 16, version 1.1 has 9 of 21. A regression below 5 fails here.
+    loose = re.search(r"Looser match \(IoU >= 0.1.*\): (\d+) of (\d+) detections", run.stdout)
+    assert loose and int(loose.group(2)) == found, run.stdout
+    assert int(loose.group(1)) >= 5, run.stdout
     for name in ("buildings.gpkg", "probability.tif", "quicklook.png"):
         assert (out / name).stat().st_size > 0, name
     assert not list(out.glob("*.partial*")) and not list(out.glob(".*tmp*"))
