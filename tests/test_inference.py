@@ -124,6 +124,24 @@ def test_tiled_prediction_equals_whole_image_prediction(make_geotiff, tmp_path, 
     assert np.abs(hard - whole)[interior].max() > 1e-3
 
 
+def test_training_validation_predicts_like_detect(make_geotiff, tmp_path, image_640):
+    """Validation during training must score what Detect buildings produces: same tiles, padding and blend."""
+    from footprint_plugin.core.training import predict_array
+
+    card = make_card()
+    model = make_model(card)
+    for name, image in (("big", image_640), ("small", image_640[:, :200, :150])):  # tiled, and under one tile
+        path = make_geotiff(image)
+        result = predict_raster(path, card, tmp_path / f"{name}.tif", InferenceOptions(precision="fp32", output_dtype="float32"), model=model)
+        detected, _, _ = read_probability(result.probability_path)
+        stats = compute_scaling_stats(path, card)
+        with rasterio.open(path) as dataset:
+            scaled = apply_scaling(dataset.read(), None, stats, card)
+        validated = predict_array(model, scaled, torch.device("cpu"), card.tile_size, card.overlap)
+        assert validated.shape == detected.shape
+        assert np.abs(validated - detected).max() < 1e-3, name  # borders included
+
+
 def test_caller_model_is_left_untouched(make_geotiff, tmp_path):
     card = make_card()
     model = create_model(card.architecture, 3, 1)  # train mode, as during training

@@ -311,32 +311,35 @@ def one_cycle_lr(base_lr: float, fraction: float, warmup: float = 0.1) -> float:
 
 
 @torch.no_grad()
-def predict_array(model: torch.nn.Module, image: np.ndarray, device: torch.device, tile: int = 512, overlap: int = 64) -> np.ndarray:
-    """Sigmoid probabilities (K, H, W) for an in-memory (C, H, W) image, tiled with blended overlaps."""
+def predict_array(
+    model: torch.nn.Module, image: np.ndarray, device: torch.device, tile: int = 512, overlap: int = 64, batch_size: int = 4
+) -> np.ndarray:
+    """Sigmoid probabilities (K, H, W) for an in-memory (C, H, W) image.
+
+    Tiles, padding and blend weights are the ones predict_raster uses, so validation scores what
+    Detect buildings will produce (without TTA).
+    """
+    from .inference import _pad_tile, _round_up, blend_ramp, tile_starts
+
     model.eval()
-    channels, rows, cols = image.shape
-    tile = max(32, min(tile, int(math.ceil(max(rows, cols) / 32.0)) * 32))
-    stride = max(32, tile - overlap)
-    n_rows = max(1, math.ceil((rows - tile) / stride) + 1) if rows > tile else 1
-    n_cols = max(1, math.ceil((cols - tile) / stride) + 1) if cols > tile else 1
-    ramp = np.minimum(np.arange(tile) + 1, np.arange(tile)[::-1] + 1).astype(np.float32)
-    blend = np.minimum(np.minimum.outer(ramp, ramp), overlap / 2 + 1) if overlap else np.ones((tile, tile), np.float32)
+    _channels, rows, cols = image.shape
+    tile_h, tile_w = min(tile, _round_up(rows)), min(tile, _round_up(cols))
+    ramp_h, ramp_w = blend_ramp(tile_h, overlap), blend_ramp(tile_w, overlap)
+    windows = [(r, c) for r in tile_starts(rows, tile_h, overlap) for c in tile_starts(cols, tile_w, overlap)]
     accumulated: Optional[np.ndarray] = None
     weights = np.zeros((rows, cols), np.float32)
-    for i in range(n_rows):
-        for j in range(n_cols):
-            r0 = min(i * stride, max(rows - tile, 0))
-            c0 = min(j * stride, max(cols - tile, 0))
-            window = np.zeros((channels, tile, tile), np.float32)
-            r1, c1 = min(r0 + tile, rows), min(c0 + tile, cols)
-            window[:, : r1 - r0, : c1 - c0] = image[:, r0:r1, c0:c1]
-            logits = model(torch.from_numpy(window)[None].to(device)).float()
-            probabilities = torch.sigmoid(logits)[0].cpu().numpy()
-            if accumulated is None:
-                accumulated = np.zeros((probabilities.shape[0], rows, cols), np.float32)
-            w = blend[: r1 - r0, : c1 - c0]
-            accumulated[:, r0:r1, c0:c1] += probabilities[:, : r1 - r0, : c1 - c0] * w
-            weights[r0:r1, c0:c1] += w
+    for first in range(0, len(windows), batch_size):
+        group = windows[first : first + batch_size]
+        batch = np.stack([_pad_tile(image[:, r : r + tile_h, c : c + tile_w], tile_h, tile_w) for r, c in group])
+        with torch.no_grad():
+            probabilities = torch.sigmoid(model(torch.from_numpy(np.ascontiguousarray(batch)).to(device)).float()).cpu().numpy()
+        if accumulated is None:
+            accumulated = np.zeros((probabilities.shape[1], rows, cols), np.float32)
+        for (r, c), probability in zip(group, probabilities):
+            h, w = min(tile_h, rows - r), min(tile_w, cols - c)
+            weight = np.outer(ramp_h[:h], ramp_w[:w])
+            accumulated[:, r : r + h, c : c + w] += probability[:, :h, :w] * weight
+            weights[r : r + h, c : c + w] += weight
     assert accumulated is not None
     return accumulated / np.maximum(weights, 1e-6)
 
