@@ -71,7 +71,7 @@ def main(argv=None) -> int:
                         help="fp32 (default) is how the bundled versions were trained; auto uses bf16/fp16 where fast")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--base", help="model card to continue from (default: train from scratch)")
-    parser.add_argument("--augmentation", choices=("standard", "robust"), default="standard")
+    parser.add_argument("--augmentation", choices=("standard", "robust", "panchromatic"), default="standard")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of the one-cycle schedule")
     parser.add_argument("--version", default="1.0")
     parser.add_argument("--install", action="store_true", help="copy the trained model into model_zoo/")

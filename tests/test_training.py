@@ -161,7 +161,7 @@ def test_bad_inputs_give_clear_errors(tmp_path, two_areas):
     with pytest.raises(InputError, match="Unknown validation area"):
         train_model(two_areas, small_config(tmp_path, val_areas=["nowhere"]))
     # Settings that do not exist are named, with the valid choices.
-    with pytest.raises(InputError, match="augmentation must be 'standard' or 'robust'"):
+    with pytest.raises(InputError, match="augmentation must be one of .standard., .robust., .panchromatic."):
         train_model(two_areas, small_config(tmp_path, augmentation="heavy"))
 
 

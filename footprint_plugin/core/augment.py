@@ -50,6 +50,15 @@ class AugmentOptions:
             blur_probability=0.3,
         )
 
+    @classmethod
+    def panchromatic_eo(cls) -> AugmentOptions:
+        """The robust policy leaning on panchromatic input: most chips gray, roofs often dark."""
+        options = cls.robust_eo()
+        options.grayscale_probability = 0.7
+        options.pan_like_probability = 0.8
+        options.roof_gain_range = (0.2, 1.2)
+        return options
+
 
 def resize_chip(
     image: np.ndarray, targets: np.ndarray, weight: np.ndarray, size: int

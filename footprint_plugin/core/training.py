@@ -55,6 +55,9 @@ class TrainingPair:
             self.name = self.raster.stem
 
 
+AUGMENTATIONS = ("standard", "robust", "panchromatic")
+
+
 @dataclass
 class TrainingConfig:
     out_name: str
@@ -82,7 +85,9 @@ class TrainingConfig:
     max_minutes: Optional[float] = None
     sensor: str = "EO"
     loss: str = "bce"  # "bce" or "focal", always plus Dice
-    augmentation: str = "standard"  # "standard", or "robust" for EO: recoloured roofs, blur, more pan-like chips
+    # "standard"; for EO also "robust" (recoloured roofs, blur, more pan-like chips) or "panchromatic"
+    # (robust, with most chips gray and roofs often dark).
+    augmentation: str = "standard"
     weight_decay: float = 1e-4
     chips_per_epoch: Optional[int] = None  # None: about twice the training area per epoch
     scaling: Optional[dict[str, Any]] = None  # None: the base model's, else EO percentile 2-98 / SAR dB
@@ -156,8 +161,8 @@ def _check_config(config: TrainingConfig, pairs: Sequence[TrainingPair]) -> None
         problems.append("validation fraction must be between 0 and 1")
     if config.loss not in ("bce", "focal"):
         problems.append("loss must be 'bce' or 'focal'")
-    if config.augmentation not in ("standard", "robust"):
-        problems.append("augmentation must be 'standard' or 'robust'")
+    if config.augmentation not in AUGMENTATIONS:
+        problems.append(f"augmentation must be one of {', '.join(repr(a) for a in AUGMENTATIONS)}")
     if config.sensor not in ("EO", "SAR"):
         problems.append("sensor must be EO or SAR")
     if config.precision not in ("auto", "fp32"):
@@ -531,6 +536,8 @@ def train_model(
     augment_options = AugmentOptions.for_sensor(card.sensor)
     if config.augmentation == "robust" and card.sensor != "SAR":
         augment_options = AugmentOptions.robust_eo()
+    elif config.augmentation == "panchromatic" and card.sensor != "SAR":
+        augment_options = AugmentOptions.panchromatic_eo()
     has_validation = any(r.eval_mask() is not None and r.role != "test" for r in rasters)
     if not has_validation:
         log("Warning: no validation pixels (areas too small to split); the last epoch is kept.")

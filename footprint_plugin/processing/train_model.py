@@ -26,7 +26,7 @@ from .compat import FLAG_ADVANCED, NUMBER_DOUBLE, NUMBER_INTEGER, SOURCE_POLYGON
 from .detect_buildings import DEVICES
 
 ARCHITECTURES = ["unet_mobilenetv2", "unet_resnet34", "unet_vgg11", "deeplabv3plus_resnet"]
-AUGMENTATIONS = ["standard", "robust"]
+AUGMENTATIONS = ["standard", "robust", "panchromatic"]
 
 
 class TrainModelAlgorithm(FootprintAlgorithm):
