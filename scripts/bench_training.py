@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     import torch
 
     from footprint_plugin.core.models import create_model
-    from footprint_plugin.core.training import _select_device, _training_amp_dtype, compute_loss
+    from footprint_plugin.core.training import TrainingStep, _select_device
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -45,30 +45,17 @@ def main(argv=None) -> int:
     print(f"{'precision':<10} {'autocast':<10} {'s/step':>8} {'chips/s':>8}")
     for precision in ("fp32", "auto"):
         model = create_model(args.arch, 3, 3).to(device).train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        amp_dtype = _training_amp_dtype(device, precision)
-        scaler = torch.amp.GradScaler("cuda") if amp_dtype is not None and device.type == "cuda" else None
+        step = TrainingStep(model, torch.optim.AdamW(model.parameters(), lr=1e-4), device, precision)
         timings = []
-        for step in range(args.steps + 1):
+        for index in range(args.steps + 1):
             started = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                logits = model(x)
-            loss = compute_loss(logits, y, w, heads)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
+            step(x, y, w, heads)
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            if step:  # the first step pays for oneDNN/cuDNN kernel selection
+            if index:  # the first step pays for oneDNN/cuDNN kernel selection
                 timings.append(time.perf_counter() - started)
         seconds = sorted(timings)[len(timings) // 2]
-        name = str(amp_dtype).replace("torch.", "") if amp_dtype is not None else "none"
-        print(f"{precision:<10} {name:<10} {seconds:>8.3f} {args.batch / seconds:>8.1f}", flush=True)
+        print(f"{precision:<10} {step.precision_name:<10} {seconds:>8.3f} {args.batch / seconds:>8.1f}", flush=True)
     return 0
 
 

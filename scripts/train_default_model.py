@@ -59,6 +59,8 @@ def build_pairs(data: Path):
 
 
 def main(argv=None) -> int:
+    from footprint_plugin.core.augment import POLICIES as AUGMENTATION_POLICIES
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=REPO_ROOT.parent / "shared" / "data")
     parser.add_argument("--out-dir", type=Path, default=Path("/tmp/footprint_default_model"))
@@ -71,7 +73,7 @@ def main(argv=None) -> int:
                         help="fp32 (default) is how the bundled versions were trained; auto uses bf16/fp16 where fast")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--base", help="model card to continue from (default: train from scratch)")
-    parser.add_argument("--augmentation", choices=("standard", "robust", "panchromatic"), default="standard")
+    parser.add_argument("--augmentation", choices=AUGMENTATION_POLICIES, default="standard")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of the one-cycle schedule")
     parser.add_argument("--version", default="1.0")
     parser.add_argument("--install", action="store_true", help="copy the trained model into model_zoo/")

@@ -145,7 +145,7 @@ def test_augmentation_sar_only_flips_left_right_and_eo_grayscale():
     rng = np.random.default_rng(0)
     corners = set()
     for _ in range(50):
-        out, out_targets, _ = augment_chip(image, targets, weight, rng, AugmentOptions.for_sensor("SAR"))
+        out, out_targets, _ = augment_chip(image, targets, weight, rng, AugmentOptions.for_policy("SAR", "robust"))
         assert np.array_equal(out, out_targets)
         corners.add(tuple(np.argwhere(out[0] == 1.0)[0]))
     assert corners == {(0, 0), (0, 7)}  # never mirrored top-bottom nor rotated
@@ -191,8 +191,8 @@ def test_blur_and_robust_policy_keep_targets_and_shapes():
     targets[0, 4:12, 4:12] = 1.0
     weight = np.ones((16, 16), np.float32)
     rng = np.random.default_rng(0)
-    for _ in range(30):
-        out, out_targets, out_weight = augment_chip(image, targets, weight, rng, AugmentOptions.robust_eo())
+    for policy in ("robust", "panchromatic") * 15:
+        out, out_targets, out_weight = augment_chip(image, targets, weight, rng, AugmentOptions.for_policy("EO", policy))
         assert out.shape == image.shape and out.dtype == np.float32
         assert out_targets.sum() == targets.sum() and out_weight.sum() == weight.sum()
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from ..core.augment import POLICIES as AUGMENTATION_POLICIES
 from . import add_common_arguments
 from .common import Reporter
 
@@ -42,7 +43,7 @@ def _add_shared_arguments(parser: argparse.ArgumentParser, finetune: bool) -> No
     parser.add_argument("--freeze-encoder-epochs", type=int, default=2 if finetune else 0, help="train only the decoder first")
     parser.add_argument("--patience", type=int, default=8, help="stop after this many epochs without a better validation F1")
     parser.add_argument("--loss", choices=("bce", "focal"), default="bce", help="pixel loss, always plus Dice")
-    parser.add_argument("--augmentation", choices=("standard", "robust", "panchromatic"), default="standard",
+    parser.add_argument("--augmentation", choices=AUGMENTATION_POLICIES, default="standard",
                         help="robust: also recolour roofs, blur and make more chips pan-like (for imagery unlike the training rasters); "
                              "panchromatic: robust, with most chips gray")
     parser.add_argument("--seed", type=int, default=0)

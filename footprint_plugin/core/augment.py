@@ -15,8 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-from torch.nn import functional
+
+# Names users pick (TrainingConfig.augmentation, --augmentation, the AUGMENTATION parameter). torch is
+# imported inside the functions that need it, so the plugin can list these without torch installed.
+POLICIES = ("standard", "robust", "panchromatic")
 
 
 @dataclass
@@ -34,30 +36,24 @@ class AugmentOptions:
     blur_sigma_range: tuple[float, float] = (0.4, 1.2)  # pixels
 
     @classmethod
-    def for_sensor(cls, sensor: str) -> AugmentOptions:
+    def for_policy(cls, sensor: str, policy: str = "standard") -> AugmentOptions:
+        """The options of a named policy. SAR always gets its own (left-right flip only)."""
+        if policy not in POLICIES:
+            raise ValueError(f"Unknown augmentation {policy!r}; choose one of {', '.join(POLICIES)}.")
         if sensor == "SAR":
             return cls(sensor="SAR", brightness=0.0, contrast=0.0, grayscale_probability=0.0, scale_jitter=0.0)
-        return cls(sensor="EO")
-
-    @classmethod
-    def robust_eo(cls) -> AugmentOptions:
-        """The stronger EO policy of the bundled model: more pan-like chips, recoloured roofs, blur."""
+        if policy == "standard":
+            return cls(sensor="EO")
+        # robust: breaks the "bright = building" shortcut; panchromatic: the same, leaning on gray input.
+        pan = policy == "panchromatic"
         return cls(
             sensor="EO",
-            grayscale_probability=0.45,
-            pan_like_probability=0.7,
+            grayscale_probability=0.7 if pan else 0.45,
+            pan_like_probability=0.8 if pan else 0.7,
             roof_recolor_probability=0.4,
+            roof_gain_range=(0.2, 1.2) if pan else (0.3, 1.3),
             blur_probability=0.3,
         )
-
-    @classmethod
-    def panchromatic_eo(cls) -> AugmentOptions:
-        """The robust policy leaning on panchromatic input: most chips gray, roofs often dark."""
-        options = cls.robust_eo()
-        options.grayscale_probability = 0.7
-        options.pan_like_probability = 0.8
-        options.roof_gain_range = (0.2, 1.2)
-        return options
 
 
 def resize_chip(
@@ -66,6 +62,9 @@ def resize_chip(
     """Resize a (scale-jittered) window to the chip size: bilinear image, nearest targets and weight."""
     if image.shape[-1] == size:
         return image, targets, weight
+    import torch
+    from torch.nn import functional
+
     img = functional.interpolate(torch.from_numpy(image)[None], size=(size, size), mode="bilinear", align_corners=False)[0]
     tgt = functional.interpolate(torch.from_numpy(targets)[None], size=(size, size), mode="nearest")[0]
     wgt = functional.interpolate(torch.from_numpy(weight)[None, None], size=(size, size), mode="nearest")[0, 0]
@@ -85,13 +84,6 @@ def _pan_like(gray: np.ndarray, rgb: np.ndarray, vegetation_gain: float) -> np.n
     return np.clip((pan - low) / max(float(high - low), 1e-6), 0.0, 1.0).astype(np.float32)
 
 
-def _component_labels(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    from scipy import ndimage
-
-    labels, count = ndimage.label(mask)
-    return labels, int(count)
-
-
 def recolor_roofs(image: np.ndarray, footprint: np.ndarray, rng: np.random.Generator, gain_range: tuple[float, float]) -> np.ndarray:
     """Give every building of the chip its own brightness and tint, with a one-pixel soft edge.
 
@@ -99,18 +91,16 @@ def recolor_roofs(image: np.ndarray, footprint: np.ndarray, rng: np.random.Gener
     """
     from scipy import ndimage
 
-    labels, count = _component_labels(footprint > 0.5)
+    buildings = footprint > 0.5
+    labels, count = ndimage.label(buildings)
     if count == 0:
         return image
     gains = rng.uniform(gain_range[0], gain_range[1], size=count + 1).astype(np.float32)
     tints = rng.normal(1.0, 0.08, size=(count + 1, image.shape[0])).astype(np.float32)
-    gains[0] = 1.0
-    tints[0] = 1.0
-    per_pixel_gain = gains[labels]  # (S, S)
-    per_pixel_tint = np.moveaxis(tints[labels], -1, 0)  # (C, S, S)
-    softness = ndimage.uniform_filter((labels > 0).astype(np.float32), size=3)
-    factor = 1.0 + softness[None] * (per_pixel_gain[None] * per_pixel_tint - 1.0)
-    return np.clip(image * factor, 0.0, 1.0).astype(np.float32)
+    gains[0], tints[0] = 1.0, 1.0  # label 0 is the background
+    per_pixel = gains[labels][None] * np.moveaxis(tints[labels], -1, 0)  # (C, S, S)
+    softness = ndimage.uniform_filter(buildings.astype(np.float32), size=3)[None]
+    return np.clip(image * (1.0 + softness * (per_pixel - 1.0)), 0.0, 1.0).astype(np.float32)
 
 
 def blur_chip(image: np.ndarray, sigma: float) -> np.ndarray:

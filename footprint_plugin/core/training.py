@@ -23,6 +23,7 @@ import torch
 from torch.nn import functional
 
 from .atomic import save_torch_atomically
+from .augment import POLICIES as AUGMENTATION_POLICIES
 from .augment import AugmentOptions, augment_chip, resize_chip
 from .callbacks import CancelCallback, ProgressCallback, check_canceled, sub_progress
 from .chips import ChipSampler, PreparedRaster, assign_spatial_blocks, prepare_raster, raster_info
@@ -53,9 +54,6 @@ class TrainingPair:
         self.aoi = Path(self.aoi) if self.aoi else None
         if not self.name:
             self.name = self.raster.stem
-
-
-AUGMENTATIONS = ("standard", "robust", "panchromatic")
 
 
 @dataclass
@@ -161,8 +159,8 @@ def _check_config(config: TrainingConfig, pairs: Sequence[TrainingPair]) -> None
         problems.append("validation fraction must be between 0 and 1")
     if config.loss not in ("bce", "focal"):
         problems.append("loss must be 'bce' or 'focal'")
-    if config.augmentation not in AUGMENTATIONS:
-        problems.append(f"augmentation must be one of {', '.join(repr(a) for a in AUGMENTATIONS)}")
+    if config.augmentation not in AUGMENTATION_POLICIES:
+        problems.append(f"augmentation must be one of {', '.join(repr(a) for a in AUGMENTATION_POLICIES)}")
     if config.sensor not in ("EO", "SAR"):
         problems.append("sensor must be EO or SAR")
     if config.precision not in ("auto", "fp32"):
@@ -454,7 +452,7 @@ def _signature(config: TrainingConfig, pairs: Sequence[TrainingPair]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _training_amp_dtype(device: torch.device, precision: str) -> Optional[torch.dtype]:
+def training_amp_dtype(device: torch.device, precision: str) -> Optional[torch.dtype]:
     """The autocast dtype for training steps, or None for plain fp32 (weights always stay fp32)."""
     if precision == "fp32":
         return None
@@ -466,6 +464,35 @@ def _training_amp_dtype(device: torch.device, precision: str) -> Optional[torch.
         # bf16 doubles the speed of oneDNN convolutions where the CPU runs it natively; emulated it is slower.
         return torch.bfloat16 if cpu_supports_bf16() else None
     return None
+
+
+class TrainingStep:
+    """One optimizer step: forward under autocast where it pays, the loss, backward (scaled on CUDA fp16), update."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device, precision: str) -> None:
+        self.model, self.optimizer, self.device = model, optimizer, device
+        self.amp_dtype = training_amp_dtype(device, precision)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype is torch.float16 else None
+
+    @property
+    def precision_name(self) -> str:
+        return str(self.amp_dtype).replace("torch.", "") if self.amp_dtype is not None else "fp32"
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, heads: Sequence[str], loss_kind: str = "bce") -> torch.Tensor:
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            logits = self.model(x)
+        loss = compute_loss(logits, y, w, heads, loss_kind)
+        if not torch.isfinite(loss):
+            raise ModelError("The training loss became NaN/inf. Lower the learning rate (--lr) and try again.")
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        return loss.detach()
 
 
 def _checkpoint_path(out_dir: Path, name: str) -> Path:
@@ -533,11 +560,7 @@ def train_model(
     sampler = ChipSampler([r for r in rasters if r.role == "train"], config.chip_size, config.empty_chip_ratio)
     chips_per_epoch = config.chips_per_epoch or sampler.auto_chips_per_epoch(config.batch_size)
     batches_per_epoch = max(1, math.ceil(chips_per_epoch / config.batch_size))
-    augment_options = AugmentOptions.for_sensor(card.sensor)
-    if config.augmentation == "robust" and card.sensor != "SAR":
-        augment_options = AugmentOptions.robust_eo()
-    elif config.augmentation == "panchromatic" and card.sensor != "SAR":
-        augment_options = AugmentOptions.panchromatic_eo()
+    augment_options = AugmentOptions.for_policy(card.sensor, config.augmentation)
     has_validation = any(r.eval_mask() is not None and r.role != "test" for r in rasters)
     if not has_validation:
         log("Warning: no validation pixels (areas too small to split); the last epoch is kept.")
@@ -554,9 +577,7 @@ def train_model(
         model = create_model(card.architecture, card.in_channels, card.out_channels)
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    amp_dtype = _training_amp_dtype(device, config.precision)
-    use_amp = amp_dtype is not None
-    scaler = torch.amp.GradScaler("cuda") if use_amp and device.type == "cuda" else None
+    step_once = TrainingStep(model, optimizer, device, config.precision)
     signature = _signature(config, pairs)
     checkpoint_path = _checkpoint_path(out_dir, config.out_name)
     history: list[dict[str, Any]] = []
@@ -585,7 +606,7 @@ def train_model(
     epochs_without_gain = 0
     if history:
         epochs_without_gain = start_epoch - best_epoch
-    precision_note = f" with {str(amp_dtype).replace('torch.', '')} mixed precision" if use_amp else " in fp32"
+    precision_note = f" with {step_once.precision_name} mixed precision" if step_once.amp_dtype is not None else " in fp32"
     log(
         f"Training {card.architecture} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters) on {device.type}"
         f"{precision_note}: "
@@ -635,20 +656,8 @@ def train_model(
                 fraction = max(fraction, (elapsed_before + time.monotonic() - started) / budget_s)
             for group in optimizer.param_groups:
                 group["lr"] = one_cycle_lr(config.lr, fraction)
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=use_amp):
-                logits = model(x)
-            loss = compute_loss(logits, y, w, heads, config.loss)
-            if not torch.isfinite(loss):
-                raise ModelError("The training loss became NaN/inf. Lower the learning rate (--lr) and try again.")
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-            losses.append(float(loss.detach()))
+            loss = step_once(x, y, w, heads, config.loss)
+            losses.append(float(loss))
             done = (epoch - start_epoch) * batches_per_epoch + batch_index + 1
             remaining_total = (config.epochs - start_epoch) * batches_per_epoch
             step_fraction = done / remaining_total
@@ -755,7 +764,7 @@ def train_model(
         "labels_repaired": n_fixed,
         "chip_size": config.chip_size,
         "augmentation": config.augmentation,
-        "precision": str(amp_dtype).replace("torch.", "") if use_amp else "fp32",
+        "precision": step_once.precision_name,
         "epochs": len(history),
         "seed": config.seed,
         "minutes": round((elapsed_before + time.monotonic() - started) / 60.0, 1),

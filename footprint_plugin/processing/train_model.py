@@ -21,12 +21,12 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
+from ..core.augment import POLICIES as AUGMENTATIONS
 from .base import GROUP_TRAIN, FeedbackAdapter, FootprintAlgorithm, raster_file, source_path
 from .compat import FLAG_ADVANCED, NUMBER_DOUBLE, NUMBER_INTEGER, SOURCE_POLYGON, SOURCE_RASTER
 from .detect_buildings import DEVICES
 
 ARCHITECTURES = ["unet_mobilenetv2", "unet_resnet34", "unet_vgg11", "deeplabv3plus_resnet"]
-AUGMENTATIONS = ["standard", "robust", "panchromatic"]
 
 
 class TrainModelAlgorithm(FootprintAlgorithm):
@@ -82,7 +82,7 @@ class TrainModelAlgorithm(FootprintAlgorithm):
             QgsProcessingParameterNumber(self.LEARNING_RATE, self.tr("Learning rate"), NUMBER_DOUBLE, self.default_learning_rate(), minValue=1e-6, maxValue=1.0),
             QgsProcessingParameterNumber(self.MAX_MINUTES, self.tr("Stop after (minutes, 0: no limit)"), NUMBER_DOUBLE, 0.0, minValue=0.0),
             QgsProcessingParameterEnum(
-                self.AUGMENTATION, self.tr("Augmentation"), options=AUGMENTATIONS, defaultValue=AUGMENTATIONS[0], usesStaticStrings=True
+                self.AUGMENTATION, self.tr("Augmentation"), options=list(AUGMENTATIONS), defaultValue=AUGMENTATIONS[0], usesStaticStrings=True
             ),
             QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, self.tr("Model folder (empty: user model folder)"), optional=True, createByDefault=False),
         ]
