@@ -1,4 +1,4 @@
-"""Training report: loss and metric curves per epoch (PNG) and the full JSON log, written atomically."""
+"""PNG reports, written atomically: training curves plus the JSON log, and quicklooks of polygons over a raster."""
 
 from __future__ import annotations
 
@@ -61,3 +61,52 @@ def write_training_report(history: Sequence[dict[str, Any]], path: Path, title: 
     figure.suptitle(title or "Training report")
     figure.tight_layout()
     return write_atomically(path, lambda tmp: figure.savefig(tmp, format="png"))
+
+
+def write_quicklook(
+    raster: Path | str,
+    layers: Sequence[tuple[Path | str, dict[str, Any]]],
+    path: Path | str,
+    title: str = "",
+    width_inches: float = 9.0,
+) -> Path:
+    """The raster (2-98 % stretch) with polygon layers drawn over it, each with its matplotlib line style.
+
+    layers: (vector file, style) pairs, e.g. (labels, {"color": "cyan"}); they are reprojected to the raster.
+    """
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    # Debian's python3-matplotlib (pulled in by QGIS) leaves an mpl_toolkits beside ours; 3D is not used here.
+    warnings.filterwarnings("ignore", message="Unable to import Axes3D")
+    import numpy as np
+    import rasterio
+    from matplotlib.figure import Figure
+
+    from .vector_io import read_polygons
+
+    with rasterio.open(raster) as dataset:
+        bands = dataset.read([1, 2, 3] if dataset.count >= 3 else [1, 1, 1]).astype(np.float32)
+        valid = dataset.read_masks(1) > 0
+        crs_wkt, inverse = dataset.crs.to_wkt(), ~dataset.transform
+    low, high = np.percentile(bands[:, valid], [2, 98]) if valid.any() else (0.0, 1.0)
+    image = np.clip((bands.transpose(1, 2, 0) - low) / max(float(high - low), 1e-6), 0, 1)
+    image[~valid] = 0.0
+    rows, cols = image.shape[:2]
+    title_inches = 0.15 + 0.22 * (title.count("\n") + 1) if title else 0.0
+    figure = Figure(figsize=(width_inches, width_inches * rows / cols + title_inches), dpi=100)
+    axes = figure.add_axes((0, 0, 1, 1 - title_inches / figure.get_figheight()))
+    axes.imshow(image, interpolation="nearest")
+    for source, style in layers:
+        for geometry in read_polygons(source, crs_wkt).geometries:
+            for polygon in getattr(geometry, "geoms", [geometry]):
+                xy = np.array([inverse * point for point in polygon.exterior.coords])
+                axes.plot(xy[:, 0], xy[:, 1], **{"lw": 1.2, **style})
+    axes.set_xlim(-0.5, cols - 0.5)
+    axes.set_ylim(rows - 0.5, -0.5)
+    axes.set_axis_off()
+    if title:
+        figure.suptitle(title, fontsize=10, y=1.0 - 0.05 / figure.get_figheight(), va="top")
+    return write_atomically(Path(path), lambda tmp: figure.savefig(tmp, format="png"))
