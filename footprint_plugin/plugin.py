@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Optional
 
@@ -62,6 +61,14 @@ class FootprintPlugin:
         self.toolbar = self.iface.addToolBar(TITLE)
         self.toolbar.setObjectName("BuildingFootprintsToolbar")
         self.toolbar.addAction(self.detect_action)
+        # Raster > Building Footprints > Detect buildings, as the README says.
+        if hasattr(self.iface, "addPluginToRasterMenu"):
+            self.iface.addPluginToRasterMenu(MENU, self.detect_action)
+            self._raster_menu = True
+        # torch takes seconds to import: do it now in the background, not on the first click.
+        from .gui import warmup
+
+        warmup.start()
 
     def _add_action(self, icon: QIcon, text: str, slot: Any, parent: Any) -> QAction:
         action = QAction(icon, text, parent)
@@ -78,6 +85,9 @@ class FootprintPlugin:
             dialog.close()
             dialog.deleteLater()
         self._dialogs.clear()
+        if getattr(self, "_raster_menu", False) and self.detect_action is not None:
+            self.iface.removePluginRasterMenu(MENU, self.detect_action)
+            self._raster_menu = False
         for action in self.actions:
             self.iface.removePluginMenu(MENU, action)
             action.deleteLater()
@@ -117,18 +127,11 @@ class FootprintPlugin:
                 Qgis.MessageLevel.Warning,
             )
             return
-        if layer.providerType() != "gdal":
-            self._message(
-                f"'{layer.name()}' is a {layer.providerType()} layer, not a file. Save it as a GeoTIFF "
-                "(right-click > Export > Save As…) and run Detect buildings on that.",
-                Qgis.MessageLevel.Warning,
-            )
-            return
         if not self._dependencies_ready():
             return
         from .gui.detect_dialog import DetectDialog
 
-        dialog = DetectDialog(layer, self.iface.mainWindow())
+        dialog = DetectDialog(layer, self.iface.mainWindow(), canvas=self.iface.mapCanvas())
         dialog.accepted.connect(lambda: self.start_detection(dialog))
         self._replace_dialog("detect", dialog)
         dialog.show()
@@ -141,42 +144,48 @@ class FootprintPlugin:
         self._dialogs[key] = dialog
 
     def start_detection(self, dialog: Any) -> Any:
-        """Run footprint:detectbuildings for the dialog's parameters in the task manager."""
-        from .gui.tasks import AlgorithmRun, temporary_output
+        """Run footprint:detectbuildings for the dialog's parameters in the task manager.
 
-        chosen = dialog.output_path()
-        buildings = chosen or temporary_output("buildings.gpkg")
-        probability = str(Path(buildings).with_name(Path(buildings).stem + "_probability.tif"))
-        parameters = dialog.parameters(buildings, probability)
+        The outputs go where the dialog's destination widgets say (temporary layer, file, database
+        table); the task loads them with the same post-processing as the toolbox (processing/results.py).
+        """
+        from .gui.tasks import AlgorithmRun
+
+        try:
+            parameters = dialog.accepted_parameters or dialog.parameters()
+        except ValueError as exc:
+            self._message(str(exc), Qgis.MessageLevel.Warning)
+            return None
         layer_name = dialog.layer.name()
-
-        def finished(ok: bool, results: dict[str, Any], run: Any) -> None:
-            if not ok and not chosen:
-                shutil.rmtree(Path(buildings).parent, ignore_errors=True)  # our own empty temporary folder
-            self._detection_finished(ok, results, run, layer_name)
-
         self.last_run = AlgorithmRun(
-            "footprint:detectbuildings", parameters, finished, description=f"Detect buildings in {layer_name}"
+            "footprint:detectbuildings",
+            parameters,
+            lambda ok, results, run: self._detection_finished(ok, results, run, layer_name),
+            description=f"Detect buildings in {layer_name}",
         ).start()
         self._message(f"Detecting buildings in {layer_name}… (progress and cancel in the task manager)", duration=4)
         return self.last_run
 
     def _detection_finished(self, ok: bool, results: dict[str, Any], run: Any, layer_name: str) -> None:
-        if not ok:
-            if run.feedback.isCanceled():
-                self._message("Detection canceled; nothing was added.", Qgis.MessageLevel.Info)
-            else:
-                self._message(f"Detection failed: {run.error_text()}", Qgis.MessageLevel.Critical, 0)
-            return
-        from .gui.tasks import add_detection_layers
+        from .gui.messages import user_warnings
 
-        add_detection_layers(layer_name, str(results["OUTPUT"]), results.get("PROBABILITY"))
+        if run.canceled():
+            self._message(f"Detection in {layer_name} canceled; nothing was added.", Qgis.MessageLevel.Info)
+            return
+        if not ok:
+            self._message(f"Detection failed: {run.error_text()}", Qgis.MessageLevel.Critical, 0)
+            return
+        for warning in user_warnings(run.warnings):
+            self._message(warning, Qgis.MessageLevel.Warning, 20)
         count = int(results.get("N_BUILDINGS", 0))
+        # Pushed last, so it is on top of the bar, and kept until closed: neither the warnings nor QGIS's
+        # own "Task complete" notice may hide the result.
         self._message(
-            f"{count} building{'' if count == 1 else 's'} found in {results.get('SECONDS', 0):.1f} s "
-            f"({results.get('MP_PER_S', 0):.2f} MP/s) on {results.get('DEVICE_USED', '?')} with {results.get('MODEL_USED', '?')}.",
+            f"{count} building{'' if count == 1 else 's'} found in {layer_name} in {results.get('SECONDS', 0):.1f} s "
+            f"({results.get('MP_PER_S', 0):.2f} MP/s) on {results.get('DEVICE_USED', '?')} "
+            f"with {results.get('MODEL_USED', '?')}.",
             Qgis.MessageLevel.Success,
-            15,
+            0,
         )
 
     # --- Other dialogs ----------------------------------------------------------------------------------

@@ -40,7 +40,8 @@
       <rastershader>
         <colorrampshader colorRampType="INTERPOLATED" classificationMode="1" maximumValue="1" labelPrecision="6" clip="0" minimumValue="0">
           <item alpha="0" value="0" color="#0d0887" label="0"/>
-          <item alpha="90" value="0.3" color="#7e03a8" label="0.3"/>
+          <item alpha="0" value="0.2" color="#0d0887" label="0.2"/>
+          <item alpha="110" value="0.3" color="#7e03a8" label="0.3"/>
           <item alpha="170" value="0.5" color="#cc4778" label="0.5"/>
           <item alpha="220" value="0.75" color="#f89540" label="0.75"/>
           <item alpha="240" value="1" color="#f0f921" label="1"/>

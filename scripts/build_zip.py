@@ -1,12 +1,14 @@
 """Build the plugin zip for "Install from ZIP" / the plugin repository, or deploy it into a QGIS profile.
 
 The zip holds one top-level folder, `building_footprints/`, with only what QGIS needs at run time
-(no tests, caches or virtual environments).
+(no tests, caches or virtual environments). What goes in is read from pb_tool.cfg (the plugin name,
+[files] python_files/extras and extra_dirs), so pb_tool and `make zip` ship the same files.
 """
 
 from __future__ import annotations
 
 import argparse
+import configparser
 import re
 import shutil
 import sys
@@ -15,9 +17,26 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PLUGIN_NAME = "building_footprints"
-INCLUDE_FILES = ("__init__.py", "metadata.txt", "LICENSE", "README.md")
-INCLUDE_DIRS = ("footprint_plugin", "ui", "resources", "model_zoo")
+PB_TOOL_CFG = ROOT / "pb_tool.cfg"
+# [files] keys whose values are top-level files of the plugin (pb_tool's names for them).
+FILE_KEYS = ("python_files", "main_dialog", "compiled_ui_files", "resource_files", "extras")
+
+
+def read_pb_tool(path: Path = PB_TOOL_CFG) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    """(plugin folder name, top-level files, folders) from a pb_tool.cfg."""
+    parser = configparser.ConfigParser(interpolation=None)
+    if not parser.read(path, encoding="utf-8"):
+        raise SystemExit(f"{path} not found: it lists what the plugin zip contains.")
+    try:
+        name = parser["plugin"]["name"].strip()
+        files = parser["files"]
+    except KeyError as exc:
+        raise SystemExit(f"{path} lacks {exc}; it needs [plugin] name and a [files] section.") from None
+    names = tuple(item for key in FILE_KEYS for item in files.get(key, "").split())
+    return name, names, tuple(files.get("extra_dirs", "").split())
+
+
+PLUGIN_NAME, INCLUDE_FILES, INCLUDE_DIRS = read_pb_tool()
 EXCLUDED_PARTS = {"__pycache__", ".pytest_cache", ".ruff_cache", ".venv", "tests"}
 EXCLUDED_SUFFIXES = {".pyc", ".pyo", ".tmp", ".partial"}
 

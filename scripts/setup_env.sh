@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 QGIS_PACKAGES="qgis python3-qgis python3-gdal python3-venv"
 # The real-desktop test runs QGIS under Xvfb and takes screenshots with ImageMagick's `import`.
 DESKTOP_PACKAGES="xvfb imagemagick"
+# The database-table destination test starts a throw-away PostgreSQL with PostGIS (tests/postgis_server.py).
+POSTGIS_PACKAGES="postgresql postgresql-15-postgis-3"
 
 qgis_python() {
     # QGIS's bindings are built for the system interpreter, not for pyenv/conda ones first on PATH.
@@ -23,6 +25,7 @@ missing=""
 QGIS_PY="$(qgis_python)" || missing="$QGIS_PACKAGES"
 command -v xvfb-run >/dev/null 2>&1 || missing="$missing xvfb"
 command -v import >/dev/null 2>&1 || missing="$missing imagemagick"
+ls /usr/share/postgresql/*/extension/postgis.control >/dev/null 2>&1 || missing="$missing $POSTGIS_PACKAGES"
 
 if [ -n "$missing" ]; then
     echo "==> Installing system packages:$missing"
@@ -33,7 +36,7 @@ if [ -n "$missing" ]; then
     else
         echo "ERROR: these system packages are missing and this user cannot run apt-get:$missing" >&2
         echo "Run this once, then re-run make:" >&2
-        echo "    sudo apt-get update && sudo apt-get install -y $QGIS_PACKAGES $DESKTOP_PACKAGES" >&2
+        echo "    sudo apt-get update && sudo apt-get install -y $QGIS_PACKAGES $DESKTOP_PACKAGES $POSTGIS_PACKAGES" >&2
         exit 1
     fi
     $SUDO apt-get update -qq

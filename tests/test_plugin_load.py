@@ -53,6 +53,7 @@ def test_class_factory_init_gui_and_unload(plugin_menu_iface, qgis_processing):
     toolbar = plugin.toolbar
     try:
         assert MENU_ENTRIES <= _menu_texts(plugin_menu_iface.plugins_menu)
+        assert "Detect buildings" in _menu_texts(plugin_menu_iface.raster_menu)  # Raster > Building Footprints
         assert "Detect buildings" in _toolbar_texts(plugin_menu_iface)
         provider = QgsApplication.processingRegistry().providerById("footprint")
         assert provider is not None
@@ -62,6 +63,7 @@ def test_class_factory_init_gui_and_unload(plugin_menu_iface, qgis_processing):
     finally:
         plugin.unload()
     assert not MENU_ENTRIES & _menu_texts(plugin_menu_iface.plugins_menu)
+    assert "Detect buildings" not in _menu_texts(plugin_menu_iface.raster_menu)
     QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
     assert _deleted(toolbar), "unload() must remove the plugin's toolbar"
     assert "Detect buildings" not in _toolbar_texts(plugin_menu_iface)

@@ -12,14 +12,9 @@ from scipy import ndimage
 
 from footprint_plugin.core.errors import CanceledError, InputError
 from footprint_plugin.core.evaluate import score_polygons
-from footprint_plugin.core.polygons import (
-    BUILDING_FIELDS,
-    PolygonOptions,
-    polygonize_array,
-    polygonize_raster,
-    write_buildings,
-)
+from footprint_plugin.core.polygons import PolygonOptions, polygonize_array, polygonize_raster, write_buildings
 from footprint_plugin.core.vector_io import read_polygons
+from footprint_plugin.core.vocabulary import BUILDING_FIELDS
 
 UTM = "EPSG:32631"
 TRANSFORM = from_origin(600000.0, 5750000.0, 0.5, 0.5)
@@ -38,7 +33,9 @@ def blurred_rectangles(size=360, count=70, seed=3):
 
 def canonical(result):
     assert all(g.is_valid and g.geom_type == "Polygon" for g in result.geometries)
-    return sorted((shapely.normalize(g).wkb, a["score"], a["area_m2"]) for g, a in zip(result.geometries, result.attributes))
+    return sorted(
+        (shapely.normalize(g).wkb, a["score"], a["area_m2"]) for g, a in zip(result.geometries, result.attributes)
+    )
 
 
 def test_rectangles_become_valid_polygons_with_attributes():
@@ -79,7 +76,9 @@ def test_three_by_three_blocks_equal_whole_raster():
     blocks = polygonize_array(prob, TRANSFORM, UTM, PolygonOptions(block_size=120))  # 3 x 3 blocks
     assert len(whole.geometries) > 20
     assert canonical(blocks) == canonical(whole)
-    assert [a["id"] for a in blocks.attributes] == list(range(1, len(blocks.geometries) + 1))
+    # Reading order (top row first), so the written layer's fid numbers buildings the same way every run.
+    tops = [-g.bounds[3] for g in blocks.geometries]
+    assert tops == sorted(tops)
 
 
 def test_three_by_three_blocks_with_regularization_and_speckle():
@@ -207,6 +206,24 @@ def test_cancel_and_bad_options():
         polygonize_raster("/nonexistent/prob.tif")
 
 
+def test_geopackage_has_one_key_numbering_buildings_in_reading_order(tmp_path):
+    """Issue 12: one key field only (the GeoPackage fid), no id/fid duplicate."""
+    from osgeo import ogr
+
+    prob = blurred_rectangles(size=200, count=20)
+    result = polygonize_array(prob, TRANSFORM, UTM, PolygonOptions())
+    assert len(result.geometries) > 3
+    dataset = ogr.Open(str(write_buildings(result, tmp_path / "b.gpkg")))
+    layer = dataset.GetLayer(0)
+    definition = layer.GetLayerDefn()
+    names = [definition.GetFieldDefn(i).GetName() for i in range(definition.GetFieldCount())]
+    assert names == list(BUILDING_FIELDS)
+    assert layer.GetFIDColumn() == "fid"
+    features = list(layer)
+    assert [f.GetFID() for f in features] == list(range(1, len(result.geometries) + 1))
+    assert [f.GetField("area_m2") for f in features] == [a["area_m2"] for a in result.attributes]
+
+
 def test_write_other_formats(tmp_path):
     prob = np.zeros((100, 100), np.float32)
     prob[10:50, 10:50] = 1.0
@@ -247,8 +264,15 @@ def test_reads_what_the_inference_writer_writes(tmp_path, dtype):
     prob = touching_pair()
     valid = np.ones(prob.shape[1:], bool)
     valid[:, :15] = False
-    writer = raster_io.ProbabilityWriter(tmp_path / "p.tif", prob.shape[2], prob.shape[1], ["footprint", "boundary", "contact"],
-                                         UTM, TRANSFORM, output_dtype=dtype)
+    writer = raster_io.ProbabilityWriter(
+        tmp_path / "p.tif",
+        prob.shape[2],
+        prob.shape[1],
+        ["footprint", "boundary", "contact"],
+        UTM,
+        TRANSFORM,
+        output_dtype=dtype,
+    )
     writer.write_rows(prob, valid)
     writer.commit()
     result = polygonize_raster(tmp_path / "p.tif", PolygonOptions(block_size=64))
@@ -283,7 +307,9 @@ def test_regularized_corners_are_right_angles_on_the_ground_in_lon_lat():
     assert result.attributes[0]["regularized"]
     from rasterio.warp import transform_geom
 
-    ground = shapely.geometry.shape(transform_geom("EPSG:4326", "EPSG:32632", shapely.geometry.mapping(result.geometries[0])))
+    ground = shapely.geometry.shape(
+        transform_geom("EPSG:4326", "EPSG:32632", shapely.geometry.mapping(result.geometries[0]))
+    )
     coords = np.asarray(ground.exterior.coords)[:-1]
     assert len(coords) == 4
     for i in range(4):
@@ -291,3 +317,46 @@ def test_regularized_corners_are_right_angles_on_the_ground_in_lon_lat():
         angle = math.degrees(math.acos(np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b)))
         assert angle == pytest.approx(90, abs=1.0)
     assert result.attributes[0]["area_m2"] == pytest.approx(50 * 30, rel=0.05)
+
+
+# --------------------------------------------------------------------------- core.geometry
+
+
+def test_geometry_helpers_polygonal_parts():
+    from footprint_plugin.core.geometry import largest_polygon, polygonal_valid
+
+    bowtie = shapely.Polygon([(0, 0), (10, 10), (10, 0), (0, 10)])
+    repaired = shapely.make_valid(bowtie)
+    assert repaired.geom_type == "MultiPolygon"
+    largest = largest_polygon(repaired)
+    assert largest.geom_type == "Polygon" and largest.area == pytest.approx(25)
+    mixed = shapely.GeometryCollection(
+        [shapely.box(0, 0, 1, 1), shapely.box(5, 5, 8, 8), shapely.LineString([(0, 0), (9, 9)])]
+    )
+    assert largest_polygon(mixed).equals(shapely.box(5, 5, 8, 8))
+    assert largest_polygon(shapely.LineString([(0, 0), (1, 1)])) is None
+    assert largest_polygon(None) is None and largest_polygon(shapely.Polygon()) is None
+    # polygonal_valid keeps every part (a reference MultiPolygon stays one feature) and says whether it fixed it.
+    whole, fixed = polygonal_valid(bowtie)
+    assert fixed and whole.geom_type == "MultiPolygon" and whole.area == pytest.approx(50)
+    flat, fixed = polygonal_valid(shapely.Polygon([(0, 0, 5), (1, 0, 5), (1, 1, 5)]))
+    assert not fixed and not flat.has_z
+    assert polygonal_valid(mixed) == (shapely.union_all([shapely.box(0, 0, 1, 1), shapely.box(5, 5, 8, 8)]), True)
+    assert polygonal_valid(shapely.Point(0, 0)) == (None, False)
+
+
+def test_geometry_helpers_metric_crs():
+    from rasterio.crs import CRS
+
+    from footprint_plugin.core.geometry import crs_is_metric, is_mercator, metric_for, utm_crs_for, utm_zone_epsg
+
+    assert utm_crs_for(32.58, 0.31) == "EPSG:32636"  # Kampala
+    assert utm_crs_for(-84.39, 33.75) == "EPSG:32616"  # Atlanta
+    assert utm_zone_epsg(151.2, -33.9) == 32756  # Sydney
+    assert utm_zone_epsg(-180.0, 0.0) == 32601 and utm_zone_epsg(180.0, 0.0) == 32660  # clamped to zones 1..60
+    assert is_mercator(CRS.from_epsg(3857)) and not is_mercator(CRS.from_epsg(32631))
+    assert crs_is_metric(CRS.from_epsg(32631).to_wkt())
+    assert not crs_is_metric("EPSG:4326") and not crs_is_metric("EPSG:3857") and not crs_is_metric(None)
+    assert not crs_is_metric("EPSG:2229")  # California State Plane in US feet
+    feet = metric_for("EPSG:2229", from_origin(6_000_000, 2_000_000, 1.0, 1.0), 100, 100)
+    assert feet.gsd_m == pytest.approx(0.3048006, rel=1e-6)

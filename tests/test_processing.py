@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from qgis.core import QgsApplication, QgsProcessingException, QgsRasterLayer, QgsVectorLayer
 
-BUILDING_FIELDS = ["id", "score", "area_m2", "perimeter_m", "compactness", "regularized", "source", "model"]
+# One key only (issue 12): the GeoPackage fid numbers the buildings; there is no separate "id" field.
+BUILDING_FIELDS = ["score", "area_m2", "perimeter_m", "compactness", "regularized", "source", "model"]
 KAMPALA = "eo/hotosm_kampala"
 
 
@@ -59,7 +60,7 @@ def test_detect_buildings_writes_polygons_and_probability(provider, tiny_model, 
     source = QgsRasterLayer(str(raster), "in")
     buildings = QgsVectorLayer(str(results["OUTPUT"]), "b", "ogr")
     assert buildings.isValid()
-    assert buildings.fields().names()[-len(BUILDING_FIELDS):] == BUILDING_FIELDS
+    assert buildings.fields().names() == ["fid", *BUILDING_FIELDS]
     assert buildings.crs() == source.crs()
     assert buildings.featureCount() == results["N_BUILDINGS"] > 0
     feature = next(buildings.getFeatures())
@@ -119,6 +120,35 @@ def test_batch_detect_skips_a_corrupt_tile(provider, tiny_model, kampala_tiles, 
     assert merged.isValid() and "tile" in merged.fields().names()
     assert {f["tile"] for f in merged.getFeatures()} == {t.stem for t in kampala_tiles}
     assert sorted(p.name for p in (tmp_path / "prob").iterdir()) == sorted(f"{t.stem}_probability.tif" for t in kampala_tiles)
+
+
+def test_batch_detect_cancel_leaves_no_output_and_resume_continues(provider, tiny_model, tmp_path):
+    import processing
+    from qgis.core import QgsProcessingFeedback
+    from rasterio.transform import from_origin
+
+    from tests.conftest import synthetic_buildings, write_geotiff
+
+    folder = tmp_path / "tiles"
+    folder.mkdir()
+    image, _mask = synthetic_buildings(512, seed=2)
+    for c in range(2):  # two touching tiles: one mosaic of 2 blocks
+        write_geotiff(folder / f"t{c}.tif", image[:, :256, c * 256 : (c + 1) * 256],
+                      transform=from_origin(600000.0 + c * 128.0, 5750000.0, 0.5, 0.5))
+    parameters = {"FOLDER": str(folder), "MODEL": tiny_model, "DEVICE": "cpu", "THRESHOLD": 0.01, "MIN_AREA": 1.0,
+                  "OUTPUT": str(tmp_path / "b.gpkg"), "JOB_FOLDER": str(tmp_path / "job"), "BLOCK_SIZE": 128,
+                  "WORKERS": 0}
+    feedback = QgsProcessingFeedback()
+    feedback.progressChanged.connect(lambda percent: feedback.cancel() if percent > 10 else None)
+    with pytest.raises(QgsProcessingException, match="Resume"):
+        processing.run("footprint:batchdetect", parameters, feedback=feedback)
+    assert not (tmp_path / "b.gpkg").exists()
+    assert len(list((tmp_path / "job" / "blocks").glob("*.tif"))) == 1
+    feedback = QgsProcessingFeedback()
+    results = processing.run("footprint:batchdetect", {**parameters, "RESUME": True}, feedback=feedback)
+    assert results["N_TILES"] == 2 and results["N_BUILDINGS"] > 0
+    layer = QgsVectorLayer(str(results["OUTPUT"]), "b", "ogr")
+    assert layer.featureCount() == results["N_BUILDINGS"] and {f["tile"] for f in layer.getFeatures()} <= {"t0", "t1"}
 
 
 def test_evaluate_known_answer(provider, shared_data, tmp_path):
@@ -194,3 +224,25 @@ def test_regularize_geographic_layer_keeps_crs_and_size(provider, shared_data, t
     before = sum(measure.measureArea(f.geometry()) for f in source.getFeatures())
     after = sum(measure.measureArea(f.geometry()) for f in out.getFeatures())
     assert after == pytest.approx(before, rel=0.1) and results["N_REGULARIZED"] > 0
+
+
+def test_building_tables_have_one_key_in_geopackage_and_postgis(provider, tiny_model, kampala_tiles, tmp_path):
+    """Issue 12: one key field (the table's own: fid in GeoPackage, id in PostGIS), never id + fid or id_0."""
+    from tests import postgis_server
+
+    server, why = postgis_server.start()
+    if server is None:
+        pytest.skip(f"no local PostGIS: {why}")
+    try:
+        common = {"INPUT": str(kampala_tiles[0]), "MODEL": tiny_model, "DEVICE": "cpu", "THRESHOLD": 0.01, "MIN_AREA": 1.0}
+        table = f'{server.uri} table="public"."buildings" (geom)'
+        results = run("footprint:detectbuildings", {**common, "OUTPUT": f"postgres:{table}"})
+        postgis = QgsVectorLayer(table, "pg", "postgres")
+        assert postgis.isValid() and postgis.featureCount() == results["N_BUILDINGS"] > 0
+        assert postgis.fields().names() == ["id", *BUILDING_FIELDS]
+        assert [postgis.fields().at(i).name() for i in postgis.primaryKeyAttributes()] == ["id"]
+        gpkg = run("footprint:detectbuildings", {**common, "OUTPUT": str(tmp_path / "b.gpkg")})["OUTPUT"]
+        numbers = [f["fid"] for f in QgsVectorLayer(str(gpkg), "g", "ogr").getFeatures()]
+        assert numbers == list(range(1, results["N_BUILDINGS"] + 1))
+    finally:
+        server.stop()

@@ -63,8 +63,14 @@ def test_round_and_irregular_buildings_are_left_alone():
     circle = pixelated(shapely.Point(70, 70).buffer(40))
     same, changed = regularize_polygon(circle)
     assert not changed and same is circle
-    star = pixelated(shapely.Polygon([(70 + r * math.cos(t), 70 + r * math.sin(t))
-                                      for t, r in zip(np.linspace(0, 2 * math.pi, 11)[:-1], [60, 25] * 5)]))
+    star = pixelated(
+        shapely.Polygon(
+            [
+                (70 + r * math.cos(t), 70 + r * math.sin(t))
+                for t, r in zip(np.linspace(0, 2 * math.pi, 11)[:-1], [60, 25] * 5)
+            ]
+        )
+    )
     assert regularize_polygon(star)[1] is False
 
 
@@ -92,3 +98,114 @@ def test_multipolygon_parts_are_squared_separately():
     assert changed and squared.geom_type == "MultiPolygon" and len(squared.geoms) == 2
     assert len(squared.geoms[0].exterior.coords) == 5
     assert squared.geoms[1].equals(second)
+
+
+# --------------------------------------------------------------------------- the Processing algorithm
+
+
+@pytest.fixture
+def footprint_provider(qgis_processing):
+    from qgis.core import QgsApplication
+
+    from footprint_plugin.processing.provider import FootprintProvider
+
+    registry = QgsApplication.processingRegistry()
+    provider = FootprintProvider()
+    assert registry.addProvider(provider)
+    yield provider
+    registry.removeProvider(provider)
+
+
+def polygon_layer(polygons, crs="EPSG:32631", fields=("name",)):
+    """A memory layer of shapely polygons (in metres around 600 km E, 5750 km N for UTM 31N)."""
+    from qgis.core import QgsCoordinateReferenceSystem, QgsFeature, QgsGeometry, QgsVectorLayer
+
+    uri = (
+        "MultiPolygon"
+        + (f"?crs={crs}" if crs else "")
+        + "".join(("&" if crs or i else "?") + f"field={name}:string" for i, name in enumerate(fields))
+    )
+    layer = QgsVectorLayer(uri, "buildings", "memory")
+    assert layer.isValid(), uri
+    if not crs:  # memory layers default to EPSG:4326
+        layer.setCrs(QgsCoordinateReferenceSystem())
+    features = []
+    for number, polygon in enumerate(polygons):
+        feature = QgsFeature(layer.fields())
+        feature.setAttributes([f"b{number}"])
+        feature.setGeometry(QgsGeometry.fromWkt(affinity.translate(polygon, 600000, 5750000).wkt))
+        features.append(feature)
+    assert layer.dataProvider().addFeatures(features)[0]
+    return layer
+
+
+def rotated_box_and_circle():
+    return [
+        pixelated(affinity.rotate(shapely.box(30, 45, 100, 85), 23, origin="centroid")),
+        pixelated(shapely.Point(70, 70).buffer(40)),
+    ]
+
+
+def test_algorithm_is_feature_based_and_squares_a_memory_layer(footprint_provider, tmp_path):
+    import processing
+    from qgis.core import QgsApplication, QgsProcessingFeatureBasedAlgorithm, QgsVectorLayer
+
+    algorithm = QgsApplication.processingRegistry().algorithmById("footprint:regularizefootprints")
+    assert isinstance(algorithm, QgsProcessingFeatureBasedAlgorithm)
+    assert [p.name() for p in algorithm.parameterDefinitions()] == ["INPUT", "TOLERANCE", "MIN_IOU", "OUTPUT"]
+    source = polygon_layer(rotated_box_and_circle())
+    results = processing.run("footprint:regularizefootprints", {"INPUT": source, "OUTPUT": str(tmp_path / "sq.gpkg")})
+    out = QgsVectorLayer(str(results["OUTPUT"]), "sq", "ogr")
+    assert out.isValid() and out.crs().authid() == "EPSG:32631"
+    features = {f["name"]: f for f in out.getFeatures()}
+    assert set(features) == {"b0", "b1"} and results["N_REGULARIZED"] == 1
+    box, circle = features["b0"], features["b1"]
+    assert box["regularized"] and not circle["regularized"]
+    squared = shapely.from_wkt(box.geometry().asWkt())
+    assert len(squared.geoms[0].exterior.coords) == 5
+    assert corner_angles(squared.geoms[0]) == pytest.approx([90.0] * 4, abs=0.01)
+
+
+def test_in_place_edit_squares_the_selected_features_only(footprint_provider):
+    from processing.gui.AlgorithmExecutor import execute_in_place_run
+    from qgis.core import QgsApplication, QgsProject
+
+    layer = polygon_layer(rotated_box_and_circle() + [pixelated(affinity.rotate(shapely.box(120, 120, 180, 160), 30))])
+    QgsProject.instance().addMapLayer(layer)
+    try:
+        before = {f["name"]: shapely.from_wkt(f.geometry().asWkt()) for f in layer.getFeatures()}
+        layer.selectByExpression("\"name\" in ('b0', 'b1')")
+        algorithm = QgsApplication.processingRegistry().createAlgorithmById("footprint:regularizefootprints")
+        assert algorithm.supportInPlaceEdit(layer)
+        ok, _ = execute_in_place_run(algorithm, {"INPUT": layer}, raise_exceptions=True)
+        assert ok and layer.commitChanges()
+        after = {f["name"]: shapely.from_wkt(f.geometry().asWkt()) for f in layer.getFeatures()}
+        assert layer.fields().names() == ["name"]  # the regularized flag has no place in this layer
+        assert len(after["b0"].geoms[0].exterior.coords) == 5  # squared
+        assert after["b1"].equals(before["b1"])  # round: left alone
+        assert after["b2"].equals(before["b2"])  # not selected
+    finally:
+        QgsProject.instance().removeMapLayer(layer.id())
+
+
+def test_layer_without_crs_is_squared_in_its_own_units(footprint_provider):
+    import processing
+    from qgis.core import QgsProcessingContext, QgsProcessingFeedback
+
+    class Warnings(QgsProcessingFeedback):
+        def __init__(self):
+            super().__init__()
+            self.messages = []
+
+        def pushWarning(self, text):
+            self.messages.append(text)
+
+    feedback = Warnings()
+    results = processing.run(
+        "footprint:regularizefootprints",
+        {"INPUT": polygon_layer(rotated_box_and_circle(), crs=None), "OUTPUT": "memory:"},
+        context=QgsProcessingContext(),
+        feedback=feedback,
+    )
+    assert results["N_REGULARIZED"] == 1 and results["OUTPUT"].featureCount() == 2
+    assert any("no CRS" in message for message in feedback.messages)

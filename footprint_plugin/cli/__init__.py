@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import signal
 import sys
 from typing import Optional, Sequence
 
-from .common import Reporter
+from .common import Reporter, Stopped, exit_status_for_stop, install_stop_handlers
 
-SUBCOMMAND_MODULES = ("detect", "evaluate", "models", "train")
+SUBCOMMAND_MODULES = ("detect", "evaluate", "models", "train", "batch")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,24 +45,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return 2
     reporter = Reporter(json_mode=getattr(args, "json", False))
-
-    def on_interrupt(_signum, _frame) -> None:
-        if reporter.is_canceled():
-            raise KeyboardInterrupt
-        reporter.info("Canceling... (press Ctrl-C again to abort at once)")
-        reporter.cancel()
-
-    previous = signal.signal(signal.SIGINT, on_interrupt)
+    restore = install_stop_handlers(reporter)
     try:
         return int(args.run(args, reporter) or 0)
     except CanceledError as exc:
         reporter.info(f"Canceled: {exc}")
-        return 130
+        return exit_status_for_stop(reporter)
     except FootprintError as exc:
         reporter.info(f"Error: {exc}")
         return 2
+    except (KeyboardInterrupt, Stopped):
+        reporter.info("Aborted at once; partial files, if any, are removed by the next run.")
+        return exit_status_for_stop(reporter)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        restore()
 
 
 if __name__ == "__main__":

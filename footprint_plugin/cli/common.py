@@ -1,11 +1,12 @@
-"""Shared command-line plumbing: progress bars, Ctrl-C as cancel, JSON summaries."""
+"""Shared command-line plumbing: progress bars, Ctrl-C/SIGTERM/SIGHUP as cancel, JSON summaries."""
 
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
-from typing import Any, Optional, TextIO
+from typing import Any, Callable, Optional, TextIO
 
 
 class Reporter:
@@ -19,6 +20,7 @@ class Reporter:
         self._last_draw = 0.0
         self._canceled = False
         self._interactive = self.stream.isatty()
+        self.stop_signal: Optional[int] = None
 
     def stage(self, label: str) -> None:
         """Start a new progress bar with a label."""
@@ -72,3 +74,48 @@ class Reporter:
             for line in text_lines:
                 sys.stdout.write(line + "\n")
             sys.stdout.flush()
+
+
+# Signals that mean "stop": Ctrl-C, a killed job or a timeout (SIGTERM), a closed terminal (SIGHUP).
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+class Stopped(BaseException):
+    """Raised by a second stop signal: leave at once (cleanup handlers still run)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def install_stop_handlers(reporter: Reporter) -> Callable[[], None]:
+    """The first stop signal cancels the job cleanly (outputs removed, earlier files kept); a second one
+    stops at once. Returns a function that restores the previous handlers."""
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if reporter.is_canceled():
+            raise Stopped(signum)
+        reporter.stop_signal = signum
+        if signum == signal.SIGINT:
+            reporter.info("Canceling... (press Ctrl-C again to abort at once)")
+        else:
+            reporter.info(f"Received {signal.Signals(signum).name}: canceling and removing partial outputs...")
+        reporter.cancel()
+
+    previous = {}
+    for signum in STOP_SIGNALS:
+        try:
+            previous[signum] = signal.signal(signum, on_signal)
+        except (ValueError, OSError):  # not the main thread
+            continue
+
+    def restore() -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    return restore
+
+
+def exit_status_for_stop(reporter: Reporter) -> int:
+    """128 + signal number, as shells report a process stopped by a signal (130 for Ctrl-C)."""
+    return 128 + int(getattr(reporter, "stop_signal", None) or signal.SIGINT)

@@ -33,10 +33,13 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace, reporter: Reporter) -> int:
     from ..core.errors import ModelError
     from ..core.inference import InferenceOptions
-    from ..core.modelcard import default_model_name, find_model
-    from ..core.pipeline import detect_buildings
+    from ..core.modelcard import default_model_name, find_model, model_warnings
+    from ..core.pipeline import check_detect_job, detect_buildings
     from ..core.polygons import PolygonOptions
+    from ..core.vocabulary import resolve_threshold
 
+    for warning in model_warnings():
+        reporter.info(f"Warning: {warning}")
     model_name = args.model or default_model_name("EO")
     if model_name is None:
         raise ModelError("No model given and no bundled model found. Pass --model NAME (see `models`).")
@@ -48,9 +51,18 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
         batch_size=args.batch_size,
     )
     polygon_options = PolygonOptions(
-        threshold=card.threshold if args.threshold is None else args.threshold,
+        threshold=resolve_threshold(args.threshold, card.threshold),
         min_area_m2=args.min_area,
         regularize=args.regularize,
+    )
+    # Every setting and output path is checked now, in the words of the command line, before the model loads.
+    check_detect_job(
+        args.raster,
+        args.out,
+        args.probability,
+        inference_options,
+        polygon_options,
+        labels={"raster": "RASTER", "vector": "--out", "probability": "--probability"},
     )
     reporter.stage(f"detect {args.raster.name}")
     result = detect_buildings(
@@ -62,6 +74,7 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
         polygon_options=polygon_options,
         progress=reporter.progress,
         is_canceled=reporter.is_canceled,
+        log=lambda line: reporter.info(f"Note: {line}"),
     )
     lines = result.summary_lines() + [f"Polygons: {result.buildings_path}"]
     if result.probability_path:

@@ -22,9 +22,21 @@ def add_parser(subparsers) -> None:
     parser.add_argument("predicted", type=Path, help="predicted polygons (.gpkg, .geojson, .shp, ...)")
     parser.add_argument("ground_truth", type=Path, help="ground-truth polygons")
     parser.add_argument("--aoi", type=Path, metavar="AOI", help="area of interest polygons: score only inside them")
-    parser.add_argument("--raster", type=Path, metavar="RASTER", help="raster the predictions came from: clip to its extent, pixel scores on its grid")
-    parser.add_argument("--out-layers", type=Path, metavar="LAYERS.gpkg", help="write true_positives/false_positives/false_negatives layers (.gpkg)")
-    parser.add_argument("--min-area", type=float, default=0.0, metavar="M2", help="ignore polygons smaller than this in both, m² (0)")
+    parser.add_argument(
+        "--raster",
+        type=Path,
+        metavar="RASTER",
+        help="raster the predictions came from: clip to its extent, pixel scores on its grid",
+    )
+    parser.add_argument(
+        "--out-layers",
+        type=Path,
+        metavar="LAYERS.gpkg",
+        help="write true_positives/false_positives/false_negatives layers (.gpkg)",
+    )
+    parser.add_argument(
+        "--min-area", type=float, default=0.0, metavar="M2", help="ignore polygons smaller than this in both, m² (0)"
+    )
     parser.add_argument("--iou", type=float, default=0.5, help="IoU needed for a match (0.5, SpaceNet)")
     parser.add_argument("--report", type=Path, metavar="REPORT.json", help="write a JSON report here")
     add_common_arguments(parser)
@@ -33,7 +45,13 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace, reporter: Reporter) -> int:
     from ..core.evaluate import evaluate_files
+    from ..core.paths import check_outputs
 
+    # Before any work: a report or layer file that is an input would replace the user's data.
+    check_outputs(
+        {"PREDICTED": args.predicted, "GROUND_TRUTH": args.ground_truth, "--aoi": args.aoi, "--raster": args.raster},
+        {"--out-layers": args.out_layers, "--report": args.report},
+    )
     reporter.stage(f"evaluate {args.predicted.name}")
     result = evaluate_files(
         args.predicted,

@@ -1,7 +1,7 @@
 """`train` and `finetune`: a new model from rasters and building polygons, into the user model folder.
 
-    train --raster R --labels L [--aoi A] [--raster R2 --labels L2 ...] --arch NAME --out MODEL_NAME
-    finetune --base MODEL --raster R --labels L --out MODEL_NAME [--freeze-encoder-epochs N]
+train --raster R --labels L [--aoi A] [--raster R2 --labels L2 ...] --arch NAME --out MODEL_NAME
+finetune --base MODEL --raster R --labels L --out MODEL_NAME [--freeze-encoder-epochs N]
 """
 
 from __future__ import annotations
@@ -23,14 +23,25 @@ def _add_shared_arguments(parser: argparse.ArgumentParser, finetune: bool) -> No
     data = parser.add_argument_group("training data (repeat --raster for several rasters)")
     data.add_argument("--raster", type=Path, action="append", required=True, help="input raster; repeat for more")
     data.add_argument(
-        "--labels", type=Path, action="append", required=True,
+        "--labels",
+        type=Path,
+        action="append",
+        required=True,
         help="building polygons: once for all rasters, or once per --raster (any CRS; reprojected)",
     )
-    data.add_argument("--aoi", type=Path, action="append", help="area where labels are complete: once, or once per --raster")
-    data.add_argument("--area", action="append", help="area name per --raster (split and per-area scores); default: file name")
+    data.add_argument(
+        "--aoi", type=Path, action="append", help="area where labels are complete: once, or once per --raster"
+    )
+    data.add_argument(
+        "--area", action="append", help="area name per --raster (split and per-area scores); default: file name"
+    )
     data.add_argument("--val-area", action="append", help="area name used for validation only (repeatable)")
-    data.add_argument("--test-area", action="append", help="area name held out entirely, scored at the end (repeatable)")
-    data.add_argument("--val-fraction", type=float, default=0.2, help="spatial block held out per area when no --val-area (0.2)")
+    data.add_argument(
+        "--test-area", action="append", help="area name held out entirely, scored at the end (repeatable)"
+    )
+    data.add_argument(
+        "--val-fraction", type=float, default=0.2, help="spatial block held out per area when no --val-area (0.2)"
+    )
     parser.add_argument("--out", required=True, help="name of the new model (letters, digits, . _ -)")
     parser.add_argument("--out-dir", type=Path, help="model folder (default: the user model folder)")
     parser.add_argument("--epochs", type=int, default=15 if finetune else 30)
@@ -40,17 +51,31 @@ def _add_shared_arguments(parser: argparse.ArgumentParser, finetune: bool) -> No
     parser.add_argument("--chips-per-epoch", type=int, help="default: about twice the training area")
     parser.add_argument("--gsd", type=float, help="model pixel size in metres (default: base model's / first raster's)")
     parser.add_argument("--empty-chip-ratio", type=float, default=0.1, help="share of chips without buildings (0.1)")
-    parser.add_argument("--freeze-encoder-epochs", type=int, default=2 if finetune else 0, help="train only the decoder first")
-    parser.add_argument("--patience", type=int, default=8, help="stop after this many epochs without a better validation F1")
+    parser.add_argument(
+        "--freeze-encoder-epochs", type=int, default=2 if finetune else 0, help="train only the decoder first"
+    )
+    parser.add_argument(
+        "--patience", type=int, default=8, help="stop after this many epochs without a better validation F1"
+    )
     parser.add_argument("--loss", choices=("bce", "focal"), default="bce", help="pixel loss, always plus Dice")
-    parser.add_argument("--augmentation", choices=AUGMENTATION_POLICIES, default="standard",
-                        help="robust: also recolour roofs, blur and make more chips pan-like (for imagery unlike the training rasters); "
-                             "panchromatic: robust, with most chips gray")
+    parser.add_argument(
+        "--augmentation",
+        choices=AUGMENTATION_POLICIES,
+        default="standard",
+        help="robust: also recolour roofs, blur and make more chips pan-like (for imagery unlike the training rasters); "
+        "panchromatic: robust, with most chips gray",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
-    parser.add_argument("--precision", choices=("auto", "fp32"), default="auto",
-                        help="auto: mixed precision where the device runs it fast (CUDA fp16, CPU bf16 with AMX/AVX512-BF16)")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is fastest on a busy machine)")
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32"),
+        default="auto",
+        help="auto: mixed precision where the device runs it fast (CUDA fp16, CPU bf16 with AMX/AVX512-BF16)",
+    )
+    parser.add_argument(
+        "--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is fastest on a busy machine)"
+    )
     parser.add_argument("--max-minutes", type=float, help="time budget; the learning-rate schedule fits into it")
     parser.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint of this run exists")
     parser.add_argument("--description", default="", help="free text for the model card")
@@ -92,7 +117,9 @@ def _pairs(args: argparse.Namespace):
         if len(values) == 1:
             return values * len(rasters)
         if len(values) != len(rasters):
-            raise InputError(f"Give {option} once, or once per --raster ({len(rasters)} rasters, {len(values)} {option}).")
+            raise InputError(
+                f"Give {option} once, or once per --raster ({len(rasters)} rasters, {len(values)} {option})."
+            )
         return list(values)
 
     labels = per_raster(args.labels, "--labels")
@@ -137,8 +164,12 @@ def _config(args: argparse.Namespace, base: Optional[str]):
 
 
 def _run(args: argparse.Namespace, reporter: Reporter, base: Optional[str]) -> int:
+    from ..core.modelcard import check_new_model_name
     from ..core.training import train_model
+    from ..core.vocabulary import check_model_name
 
+    # Before hours of training: the name must be valid and, in the user folder, hide no bundled model.
+    check_model_name(args.out) if args.out_dir else check_new_model_name(args.out)
     if args.threads:
         import torch
 
@@ -154,7 +185,12 @@ def _run(args: argparse.Namespace, reporter: Reporter, base: Optional[str]) -> i
             f"  {scores['split']:<4} {area}: F1 {scores['f1']:.3f} (P {scores['precision']:.3f}, R {scores['recall']:.3f}), "
             f"pixel IoU {scores['pixel_iou']:.3f}, {scores['n_buildings']} buildings"
         )
-    lines += [f"Card: {result.card_path}", f"Weights: {result.weights_path}", f"Report: {result.report_png}", f"Log: {result.log_json}"]
+    lines += [
+        f"Card: {result.card_path}",
+        f"Weights: {result.weights_path}",
+        f"Report: {result.report_png}",
+        f"Log: {result.log_json}",
+    ]
     summary = {
         "model": args.out,
         "card_path": str(result.card_path),

@@ -159,6 +159,18 @@ class EvaluationResult:
     report_path: Optional[Path] = None
     warnings: list[str] = field(default_factory=list)
 
+    @property
+    def fp_indices(self) -> list[int]:
+        """Indices into `predicted` that matched no ground truth (false positives), in input order."""
+        matched = {m.pred for m in self.matches}
+        return [i for i in range(len(self.predicted)) if i not in matched]
+
+    @property
+    def fn_indices(self) -> list[int]:
+        """Indices into `ground_truth` that no prediction matched (false negatives), in input order."""
+        matched = {m.gt for m in self.matches}
+        return [i for i in range(len(self.ground_truth)) if i not in matched]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "scores": self.scores.to_dict(),
@@ -215,7 +227,7 @@ def _crs_is_metric(crs_wkt: Optional[str]) -> bool:
         return False
     from rasterio.crs import CRS
 
-    from .polygons import is_mercator
+    from .geometry import is_mercator
 
     crs = CRS.from_user_input(crs_wkt)
     if crs.is_geographic or is_mercator(crs):
@@ -238,7 +250,7 @@ def choose_metric_crs(
     for wkt in crs_candidates:
         if _crs_is_metric(wkt):
             return CRS.from_user_input(wkt).to_wkt()
-    from .polygons import utm_crs_for
+    from .geometry import utm_crs_for
 
     lon, lat = _wgs84_centre(fallback_path, fallback_layer) if fallback_path is not None else (0.0, 0.0)
     return CRS.from_user_input(utm_crs_for(lon, lat)).to_wkt()
@@ -280,7 +292,7 @@ def _raster_footprint(raster_path: Path, crs_wkt: str) -> BaseGeometry:
 
 
 def _clip(geoms: list[BaseGeometry], region: BaseGeometry) -> list[BaseGeometry]:
-    from .polygons import _polygonal
+    from .geometry import largest_polygon as _polygonal
 
     shapely.prepare(region)
     out = []
@@ -313,37 +325,131 @@ def evaluate_files(
     min_area_m2 are dropped from both, as SpaceNet does. Pixel scores use the raster's grid when
     raster_path is given, else exact polygon areas.
     """
-    from .vector_io import read_polygons, write_polygons
-
-    (predicted_path, predicted_layer), (ground_truth_path, ground_truth_layer) = (
-        split_layer_uri(predicted_path),
-        split_layer_uri(ground_truth_path),
+    report = progress or (lambda _f: None)
+    _check_evaluation_job(
+        predicted_path, ground_truth_path, aoi_path, raster_path, out_layers, report_json, iou_threshold, min_area_m2
     )
+    check_canceled(is_canceled)
+    pair = _read_pair(predicted_path, ground_truth_path)
+    report(0.2)
+    region = _scored_region(aoi_path, raster_path, pair.metric_wkt)
+    pair.restrict(region, min_area_m2)
+    if not pair.ground_truth:
+        pair.warnings.append(
+            "No ground-truth polygons in the scored region: check the AOI, the raster extent and the CRSs."
+        )
+    check_canceled(is_canceled)
+    report(0.4)
+    scores, matches = score_polygons(pair.predicted, pair.ground_truth, iou_threshold, pred_scores=pair.pred_scores)
+    check_canceled(is_canceled)
+    report(0.7)
+    if raster_path is not None:
+        pixel = _raster_pixel_scores(Path(raster_path), pair.predicted, pair.ground_truth, pair.metric_wkt, region)
+        method = "raster"
+    else:
+        pixel, method = area_scores(pair.predicted, pair.ground_truth), "area"
+    result = EvaluationResult(
+        scores,
+        pixel,
+        method,
+        pair.metric_wkt,
+        len(pair.predicted),
+        len(pair.ground_truth),
+        matches,
+        pair.predicted,
+        pair.ground_truth,
+        warnings=pair.warnings,
+    )
+    if out_layers is not None:
+        _write_layers(result, Path(out_layers))
+    if report_json is not None:
+        settings = {
+            "predicted": predicted_path,
+            "ground_truth": ground_truth_path,
+            "aoi": aoi_path,
+            "raster": raster_path,
+            "min_area_m2": min_area_m2,
+            "iou_threshold": iou_threshold,
+        }
+        _write_report(result, Path(report_json), settings)
+    report(1.0)
+    return result
+
+
+def _check_evaluation_job(
+    predicted, ground_truth, aoi, raster, out_layers, report_json, iou_threshold, min_area_m2
+) -> None:
+    """Every check that needs no geometry, before any work."""
+    from .paths import check_folder_writable, check_outputs, file_part
+
+    # An output that is an input (or the other output) would destroy the user's data.
+    check_outputs(
+        {"predicted": predicted, "ground truth": ground_truth, "AOI": aoi, "raster": raster},
+        {"the TP/FP/FN layers": out_layers, "the JSON report": report_json},
+    )
+    for label, output in (("the TP/FP/FN layers", out_layers), ("the JSON report", report_json)):
+        if output is not None:
+            check_folder_writable(split_layer_uri(output)[0], label)
     if iou_threshold <= 0 or iou_threshold > 1:
         raise InputError(f"The IoU threshold must be in (0, 1], not {iou_threshold}.")
     if min_area_m2 < 0:
         raise InputError(f"The minimum area must be >= 0 m², not {min_area_m2}.")
-    warnings: list[str] = []
-    for path in (predicted_path, ground_truth_path):
-        if not path.exists():
-            raise InputError(f"Vector file not found: {path}. Check the path.")
-    metric_wkt = choose_metric_crs(_layer_crs(predicted_path, predicted_layer),
-                                   _layer_crs(ground_truth_path, ground_truth_layer), fallback_path=ground_truth_path,
-                                   fallback_layer=ground_truth_layer)
-    check_canceled(is_canceled)
-    pred_data = read_polygons(predicted_path, target_crs_wkt=metric_wkt, layer=predicted_layer)
-    gt_data = read_polygons(ground_truth_path, target_crs_wkt=metric_wkt, layer=ground_truth_layer)
-    warnings += pred_data.warnings + gt_data.warnings
+    for path in (predicted, ground_truth):
+        on_disk = file_part(split_layer_uri(path)[0])
+        if on_disk is not None and not str(path).startswith("/vsi") and not on_disk.exists():
+            raise InputError(f"Vector file not found: {on_disk}. Check the path.")
+
+
+@dataclass
+class _Pair:
+    """Predictions and ground truth in one metric CRS, with the predictions' confidences."""
+
+    predicted: list[BaseGeometry]
+    ground_truth: list[BaseGeometry]
+    pred_scores: Optional[list[float]]
+    metric_wkt: str
+    warnings: list[str]
+
+    def restrict(self, region: Optional[BaseGeometry], min_area_m2: float) -> None:
+        """Clip both to the region, then drop polygons under min_area_m2 from both (SpaceNet)."""
+        if region is not None:
+            keep = [i for i, g in enumerate(self.predicted) if shapely.intersects(region, g)]
+            self.pred_scores = [self.pred_scores[i] for i in keep] if self.pred_scores is not None else None
+            self.predicted = _clip([self.predicted[i] for i in keep], region)
+            if len(self.predicted) != len(keep):
+                self.pred_scores = None  # clipping dropped slivers; order is kept, scores no longer align
+            self.ground_truth = _clip(self.ground_truth, region)
+        if min_area_m2 > 0:
+            keep = [i for i, g in enumerate(self.predicted) if g.area >= min_area_m2]
+            self.pred_scores = [self.pred_scores[i] for i in keep] if self.pred_scores is not None else None
+            self.predicted = [self.predicted[i] for i in keep]
+            self.ground_truth = [g for g in self.ground_truth if g.area >= min_area_m2]
+
+
+def _read_pair(predicted_path: Path | str, ground_truth_path: Path | str) -> _Pair:
+    from .vector_io import read_polygons
+
+    (pred_file, pred_layer), (gt_file, gt_layer) = split_layer_uri(predicted_path), split_layer_uri(ground_truth_path)
+    metric_wkt = choose_metric_crs(
+        _layer_crs(pred_file, pred_layer), _layer_crs(gt_file, gt_layer), fallback_path=gt_file, fallback_layer=gt_layer
+    )
+    pred_data = read_polygons(pred_file, target_crs_wkt=metric_wkt, layer=pred_layer)
+    gt_data = read_polygons(gt_file, target_crs_wkt=metric_wkt, layer=gt_layer)
+    warnings = pred_data.warnings + gt_data.warnings
     if pred_data.n_fixed or gt_data.n_fixed:
         warnings.append(f"Repaired invalid geometries: {pred_data.n_fixed} predicted, {gt_data.n_fixed} ground truth.")
-    if progress:
-        progress(0.2)
-    predicted, ground_truth = list(pred_data.geometries), list(gt_data.geometries)
     pred_scores = None
     for name in CONFIDENCE_FIELDS:  # like solaris: most confident predictions pick their match first
         if pred_data.attributes and all(isinstance(a.get(name), (int, float)) for a in pred_data.attributes):
             pred_scores = [float(a[name]) for a in pred_data.attributes]
             break
+    return _Pair(list(pred_data.geometries), list(gt_data.geometries), pred_scores, metric_wkt, warnings)
+
+
+def _scored_region(aoi_path, raster_path, metric_wkt: str) -> Optional[BaseGeometry]:
+    """The AOI, the raster's footprint, or both intersected; None scores everything."""
+    from .vector_io import read_polygons
+
     region: Optional[BaseGeometry] = None
     if aoi_path is not None:
         aoi_file, aoi_layer = split_layer_uri(aoi_path)
@@ -354,73 +460,40 @@ def evaluate_files(
     if raster_path is not None:
         footprint = _raster_footprint(Path(raster_path), metric_wkt)
         region = footprint if region is None else region.intersection(footprint)
-    if region is not None:
-        keep_pred = [i for i, g in enumerate(predicted) if shapely.intersects(region, g)]
-        pred_scores = [pred_scores[i] for i in keep_pred] if pred_scores is not None else None
-        predicted = _clip([predicted[i] for i in keep_pred], region)
-        if len(predicted) != len(keep_pred):
-            pred_scores = None  # clipping dropped slivers; order is kept, scores no longer align
-        ground_truth = _clip(ground_truth, region)
-    if min_area_m2 > 0:
-        keep_pred = [i for i, g in enumerate(predicted) if g.area >= min_area_m2]
-        pred_scores = [pred_scores[i] for i in keep_pred] if pred_scores is not None else None
-        predicted = [predicted[i] for i in keep_pred]
-        ground_truth = [g for g in ground_truth if g.area >= min_area_m2]
-    if not ground_truth:
-        warnings.append("No ground-truth polygons in the scored region: check the AOI, the raster extent and the CRSs.")
-    check_canceled(is_canceled)
-    if progress:
-        progress(0.4)
-    scores, matches = score_polygons(predicted, ground_truth, iou_threshold, pred_scores=pred_scores)
-    check_canceled(is_canceled)
-    if progress:
-        progress(0.7)
-    if raster_path is not None:
-        pixel = _raster_pixel_scores(Path(raster_path), predicted, ground_truth, metric_wkt, region)
-        method = "raster"
-    else:
-        pixel = area_scores(predicted, ground_truth)
-        method = "area"
-    result = EvaluationResult(scores, pixel, method, metric_wkt, len(predicted), len(ground_truth), matches,
-                              predicted, ground_truth, warnings=warnings)
-    if out_layers is not None:
-        result.layers_path = Path(out_layers)
-        matched_pred = {m.pred: m for m in matches}
-        matched_gt = {m.gt for m in matches}
-        tp_geoms = [predicted[m.pred] for m in matches]
-        tp_attrs = [{"pred_index": m.pred, "gt_index": m.gt, "iou": round(m.iou, 4)} for m in matches]
-        fp_idx = [i for i in range(len(predicted)) if i not in matched_pred]
-        fn_idx = [i for i in range(len(ground_truth)) if i not in matched_gt]
-        fields_tp = {"pred_index": int, "gt_index": int, "iou": float}
-        write_polygons(
-            result.layers_path,
-            tp_geoms,
-            tp_attrs,
-            metric_wkt,
-            fields=fields_tp,
-            layer_name="true_positives",
-            extra_layers=[
-                ("false_positives", [predicted[i] for i in fp_idx], [{"pred_index": i} for i in fp_idx]),
-                ("false_negatives", [ground_truth[i] for i in fn_idx], [{"gt_index": i} for i in fn_idx]),
-            ],
-        )
-    if report_json is not None:
-        result.report_path = Path(report_json)
-        report = {
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "predicted": str(predicted_path),
-            "ground_truth": str(ground_truth_path),
-            "aoi": str(aoi_path) if aoi_path else None,
-            "raster": str(raster_path) if raster_path else None,
-            "min_area_m2": min_area_m2,
-            "iou_threshold": iou_threshold,
-            "metric_crs": metric_wkt,
-            **result.to_dict(),
-        }
-        write_text_atomically(result.report_path, json.dumps(report, indent=2, default=str) + "\n")
-    if progress:
-        progress(1.0)
-    return result
+    return region
+
+
+def _write_layers(result: EvaluationResult, path: Path) -> None:
+    from .vector_io import write_polygons
+
+    result.layers_path = path
+    predicted, ground_truth, matches = result.predicted, result.ground_truth, result.matches
+    fp_idx, fn_idx = result.fp_indices, result.fn_indices
+    write_polygons(
+        path,
+        [predicted[m.pred] for m in matches],
+        [{"pred_index": m.pred, "gt_index": m.gt, "iou": round(m.iou, 4)} for m in matches],
+        result.crs_wkt,
+        fields={"pred_index": int, "gt_index": int, "iou": float},
+        layer_name="true_positives",
+        extra_layers=[
+            ("false_positives", [predicted[i] for i in fp_idx], [{"pred_index": i} for i in fp_idx]),
+            ("false_negatives", [ground_truth[i] for i in fn_idx], [{"gt_index": i} for i in fn_idx]),
+        ],
+    )
+
+
+def _write_report(result: EvaluationResult, path: Path, settings: dict[str, Any]) -> None:
+    result.report_path = path
+    report = {
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **{k: (str(v) if isinstance(v, Path) else v) for k, v in settings.items()},
+        "metric_crs": result.crs_wkt,
+        **result.to_dict(),
+    }
+    for key in ("predicted", "ground_truth", "aoi", "raster"):
+        report[key] = str(report[key]) if report[key] else None
+    write_text_atomically(path, json.dumps(report, indent=2, default=str) + "\n")
 
 
 def _raster_pixel_scores(

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,19 +27,27 @@ import torch
 from torch import nn
 
 from . import raster_io
-from .callbacks import CancelCallback, ProgressCallback, check_canceled
+from .callbacks import CancelCallback, ProgressCallback, check_canceled, sub_progress
 from .device import DeviceChoice, cpu_supports_bf16, is_out_of_memory, select_device
-from .errors import InputError, OutputError
+from .errors import FootprintError, InputError, OutputError
 from .modelcard import ModelCard
 from .models import fuse_conv_activation, fuse_conv_bn, reduced_precision_copy
 from .scaling import ScalingStats, apply_scaling, compute_scaling_stats, resolve_bands
+from .tiling import WEIGHT_FLOOR, TileGrid, blend_ramp, pad_tile, round_up, tile_starts, weight_sums
+
+# Names kept here for callers that imported them from inference (they live in core/tiling now);
+# training.predict_array still imports the two private ones until it switches to core.tiling.
+__all__ = ["WEIGHT_FLOOR", "blend_ramp", "pad_tile", "round_up", "tile_starts", "weight_sums"]
+_pad_tile = pad_tile
+_round_up = round_up
 
 # Resample when the raster's GSD differs from the model's by more than this factor.
 GSD_TOLERANCE = 1.25
 # Upsampling beyond this adds no detail and multiplies the work by its square: refuse instead.
 MAX_UPSAMPLING = 8.0
-# Weight of tile-border pixels: tiny but non-zero, so raster-border pixels (covered by one tile) stay defined.
-WEIGHT_FLOOR = 1e-3
+# Widest column window processed at once (input and model pixels): memory follows this, not the
+# raster's width. A multiple of the output block (256), so every output block is written once.
+MAX_WINDOW_WIDTH = 8192
 # bf16 is accepted on CPU only when its masks match fp32's: mask IoU at least 0.98 (the union is
 # floored at 1 % of the pixels so a nearly empty batch cannot pass by luck or fail by noise), and no
 # probability moves by more than 0.1. A partly trained efficient U-Net measured IoU 0.96-0.97 and
@@ -85,50 +92,6 @@ class InferenceResult:
     tiles_skipped: int = 0
     batch_size: int = 0
     stats: dict = field(default_factory=dict)
-
-
-# ---------------------------------------------------------------------------------------------
-# Tiling and blending
-
-
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of size `tile` covering [0, length); the last tile ends at `length`."""
-    if length <= tile:
-        return [0]
-    stride = max(1, tile - overlap)
-    starts = list(range(0, length - tile, stride))
-    starts.append(length - tile)
-    return sorted(set(starts))
-
-
-def blend_ramp(tile: int, overlap: int) -> np.ndarray:
-    """1-D weights for one tile: ~0 within overlap/4 of its edge, rising to 1 at 3*overlap/4."""
-    if overlap <= 0:
-        return np.ones(tile, np.float32)
-    distance = np.minimum(np.arange(tile), np.arange(tile)[::-1]).astype(np.float32)
-    ramp = (distance + 0.5 - overlap / 4.0) / (overlap / 2.0)
-    return np.clip(ramp, WEIGHT_FLOOR, 1.0).astype(np.float32)
-
-
-def weight_sums(length: int, starts: list[int], ramp: np.ndarray) -> np.ndarray:
-    """Sum of all tiles' 1-D weights at each position (the blend's normaliser along one axis)."""
-    total = np.zeros(length, np.float64)
-    for start in starts:
-        n = min(len(ramp), length - start)
-        total[start : start + n] += ramp[:n]
-    return total.astype(np.float32)
-
-
-def _pad_tile(tile: np.ndarray, height: int, width: int) -> np.ndarray:
-    pad_h, pad_w = height - tile.shape[-2], width - tile.shape[-1]
-    if pad_h == 0 and pad_w == 0:
-        return tile
-    mode = "reflect" if min(tile.shape[-2:]) > 1 else "edge"
-    return np.pad(tile, ((0, 0), (0, pad_h), (0, pad_w)), mode=mode)
-
-
-def _round_up(value: int, multiple: int = 32) -> int:
-    return int(math.ceil(value / multiple) * multiple)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,18 +260,30 @@ def prepare_model(model: nn.Module, choice: DeviceChoice) -> nn.Module:
 class GridResampler:
     """Bilinearly interpolates model-grid rows (arriving top to bottom) onto the input grid.
 
-    Pixel centres are matched (GDAL's half-pixel convention), edges are clamped.
+    Pixel centres are matched (GDAL's half-pixel convention), edges are clamped. With `columns`
+    (input columns [first, stop)), only that column window is produced, from model rows that start
+    at model column `model_first` (see ``model_columns``).
     """
 
-    def __init__(self, in_width: int, in_height: int, model_width: int, model_height: int, heads: int) -> None:
+    def __init__(
+        self,
+        in_width: int,
+        in_height: int,
+        model_width: int,
+        model_height: int,
+        heads: int,
+        columns: Optional[tuple[int, int]] = None,
+    ) -> None:
         self.in_height, self.model_height = in_height, model_height
         self.scale_y = model_height / in_height
-        fx = (np.arange(in_width) + 0.5) * (model_width / in_width) - 0.5
-        fx = np.clip(fx, 0, model_width - 1)
-        self.x0 = np.floor(fx).astype(np.int64)
-        self.x1 = np.minimum(self.x0 + 1, model_width - 1)
-        self.wx = (fx - self.x0).astype(np.float32)
-        self.buffer = np.zeros((heads, 0, model_width), np.float32)
+        first, stop = columns or (0, in_width)
+        x0, x1, wx = _bilinear_columns(in_width, model_width)
+        # Full rows when no window is given; else exactly the model columns the window needs.
+        self.model_first = 0 if columns is None else int(x0[first])
+        model_stop = model_width if columns is None else int(x1[stop - 1]) + 1
+        self.x0, self.x1 = x0[first:stop] - self.model_first, x1[first:stop] - self.model_first
+        self.wx = wx[first:stop]
+        self.buffer = np.zeros((heads, 0, model_stop - self.model_first), np.float32)
         self.buffer_start = 0  # model row of buffer[:, 0]
         self.received = 0
         self.next_row = 0  # next input row to produce
@@ -319,18 +294,20 @@ class GridResampler:
         y1 = np.minimum(y0 + 1, self.model_height - 1)
         return y0, y1, (fy - y0).astype(np.float32)
 
+    def _ready_until(self) -> int:
+        """One past the last input row whose lower source row has arrived."""
+        if self.received >= self.model_height:
+            return self.in_height
+        candidates = np.arange(self.next_row, self.in_height)
+        _y0, y1, _w = self._source_rows(candidates)
+        ready = np.nonzero(y1 >= self.received)[0]
+        return self.next_row + (int(ready[0]) if ready.size else candidates.size)
+
     def push(self, rows: np.ndarray) -> tuple[int, np.ndarray]:
-        """Add model rows; return (first input row, interpolated rows (heads, n, in_width))."""
+        """Add model rows; return (first input row, interpolated rows (heads, n, window width))."""
         self.buffer = np.concatenate([self.buffer, rows], axis=1)
         self.received += rows.shape[1]
-        last = self.in_height
-        if self.received < self.model_height:
-            # Input rows whose lower source row has arrived.
-            candidates = np.arange(self.next_row, self.in_height)
-            _y0, y1, _w = self._source_rows(candidates)
-            ready = np.nonzero(y1 >= self.received)[0]
-            last = self.next_row + (int(ready[0]) if ready.size else candidates.size)
-        first = self.next_row
+        first, last = self.next_row, self._ready_until()
         out_rows = np.arange(first, last)
         if out_rows.size == 0:
             return first, np.zeros((self.buffer.shape[0], 0, self.x0.size), np.float32)
@@ -348,16 +325,27 @@ class GridResampler:
         return first, out.astype(np.float32)
 
 
-def read_valid_rows(dataset, band_indexes: list[int], row: int, count: int) -> np.ndarray:
-    """Validity of input rows [row, row + count) at full resolution (no data read when none can be invalid)."""
+def _bilinear_columns(in_width: int, model_width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each input column: left and right model column and the weight of the right one."""
+    fx = np.clip((np.arange(in_width) + 0.5) * (model_width / in_width) - 0.5, 0, model_width - 1)
+    x0 = np.floor(fx).astype(np.int64)
+    return x0, np.minimum(x0 + 1, model_width - 1), (fx - x0).astype(np.float32)
+
+
+def read_valid_rows(
+    dataset, band_indexes: list[int], row: int, count: int, columns: Optional[tuple[int, int]] = None
+) -> np.ndarray:
+    """Validity of input rows [row, row + count) (in a column window) at full resolution
+    (no data read when none can be invalid)."""
     from rasterio.enums import MaskFlags
     from rasterio.windows import Window
 
+    first, stop = columns or (0, dataset.width)
     flags = [dataset.mask_flag_enums[b - 1] for b in band_indexes]
     float_data = any(np.dtype(dataset.dtypes[b - 1]).kind in "fc" for b in band_indexes)
     if all(f == [MaskFlags.all_valid] for f in flags) and not float_data:
-        return np.ones((count, dataset.width), bool)
-    _data, valid = raster_io.read_block(dataset, band_indexes, window=Window(0, row, dataset.width, count))
+        return np.ones((count, stop - first), bool)
+    _data, valid = raster_io.read_block(dataset, band_indexes, window=Window(first, row, stop - first, count))
     return valid
 
 
@@ -379,13 +367,15 @@ def predict_raster(
     `model` is an already-built network for the card (e.g. during training); otherwise the card's
     weights are loaded and verified. Nothing is left at `out_path` on error or cancel.
     """
+    from .paths import check_outputs
+
     options = options or InferenceOptions()
     started = time.perf_counter()
     out_path = Path(out_path)
-    if out_path.resolve() == Path(raster_path).resolve():
-        raise OutputError("The output path is the input raster; choose another file name.")
+    check_outputs({"raster": raster_path}, {"The probability output": out_path})
     if options.output_dtype not in ("uint8", "float32"):
         raise OutputError(f"output_dtype must be 'uint8' or 'float32', not {options.output_dtype!r}.")
+    check_batch_size(options.batch_size)
     raster_io.check_output_writable(out_path)
     card.validate()
     previous_threads = torch.get_num_threads()
@@ -398,18 +388,60 @@ def predict_raster(
         torch.set_num_threads(previous_threads)
 
 
-def _predict_dataset(dataset, card, out_path, options, progress, is_canceled, model, started) -> InferenceResult:
-    from rasterio.enums import Resampling
-    from rasterio.windows import Window
+def check_batch_size(batch_size: Optional[int]) -> None:
+    """A batch size, when given, is a whole number >= 1 (0 or -3 would never run a tile)."""
+    if batch_size is None:
+        return
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(
+            f"Batch size must be a whole number of at least 1, not {batch_size!r}. Leave it empty for automatic."
+        )
 
-    notes: list[str] = []
+
+def check_tile_settings(card: ModelCard, options: InferenceOptions) -> tuple[int, int]:
+    """(tile, overlap) from the options or the card, checked."""
+    tile = int(options.tile_size or card.tile_size)
+    overlap = int(card.overlap if options.overlap is None else options.overlap)
+    if tile < 32 or tile % 32:
+        raise InputError(f"Tile size must be a multiple of 32 and at least 32, not {tile}.")
+    if not 0 <= overlap < tile // 2:
+        raise InputError(f"Overlap must be between 0 and half the tile size ({tile // 2}), not {overlap}.")
+    return tile, overlap
+
+
+@dataclass
+class GridPlan:
+    """The input grid and the grid the model runs on (resampled to the model's GSD, or the same)."""
+
+    width: int
+    height: int
+    model_width: int
+    model_height: int
+    gsd: Optional[float]
+    resampled: bool
+    notes: list[str]
+
+    @property
+    def kx(self) -> float:
+        return self.width / self.model_width
+
+    @property
+    def ky(self) -> float:
+        return self.height / self.model_height
+
+
+def plan_grid(dataset, card: ModelCard, options: InferenceOptions) -> GridPlan:
+    """Decide whether to resample to the model's GSD, with the notes a user should read."""
     width, height = dataset.width, dataset.height
-    band_indexes, channels = resolve_bands(dataset.count, card, raster_io.alpha_band(dataset))
-    if channels > len(band_indexes):
-        notes.append(f"Single-band raster: the band is repeated to feed the model's {channels} bands.")
-
     gsd = raster_io.raster_gsd_m(dataset)
-    if gsd is None:
+    notes: list[str] = []
+    if gsd is None and dataset.crs is not None:
+        notes.append(
+            "The raster has a coordinate reference system but no georeferencing (geotransform): working in "
+            f"pixel units and assuming the model's GSD ({card.gsd_m:g} m), so areas are not square metres. "
+            "Georeference it (QGIS Georeferencer, or gdal_translate -a_ullr) for real sizes."
+        )
+    elif gsd is None:
         notes.append(
             "The raster has no coordinate reference system: working in pixel units and assuming the "
             f"model's GSD ({card.gsd_m:g} m). Assign a CRS in QGIS for areas in square metres."
@@ -423,26 +455,182 @@ def _predict_dataset(dataset, card, out_path, options, progress, is_canceled, mo
             f"the job {1 / ratio ** 2:.0f} times larger without adding detail. Use imagery within {MAX_UPSAMPLING:g}x "
             "of the model's GSD, or a model trained near this GSD."
         )
-    if resampled:
-        model_width, model_height = max(1, int(width / ratio)), max(1, int(height / ratio))
-        notes.append(
-            f"The raster's GSD ({gsd:.3g} m) is far from the model's ({card.gsd_m:g} m): it was resampled to "
-            f"{model_width} x {model_height} pixels for the model and the probabilities back to the input grid."
-        )
-        if ratio > 4 or ratio < 0.25:
-            notes.append(
-                "That is more than 4x: expect poor results. Use a model trained near this GSD "
-                "(or train one with 'Train a model')."
-            )
-    else:
-        model_width, model_height = width, height
+    if not resampled:
         if gsd is not None and abs(ratio - 1.0) > 0.05:
             notes.append(f"The raster's GSD ({gsd:.3g} m) differs from the model's ({card.gsd_m:g} m); not resampled.")
-    ky = height / model_height
+        return GridPlan(width, height, width, height, gsd, False, notes)
+    model_width, model_height = max(1, int(width / ratio)), max(1, int(height / ratio))
+    notes.append(
+        f"The raster's GSD ({gsd:.3g} m) is far from the model's ({card.gsd_m:g} m): it was resampled to "
+        f"{model_width} x {model_height} pixels for the model and the probabilities back to the input grid."
+    )
+    if ratio > 4 or ratio < 0.25:
+        notes.append(
+            "That is more than 4x: expect poor results. Use a model trained near this GSD "
+            "(or train one with 'Train a model')."
+        )
+    return GridPlan(width, height, model_width, model_height, gsd, True, notes)
 
-    stats: ScalingStats = compute_scaling_stats(dataset, card, band_indexes, channels)
-    check_canceled(is_canceled)
 
+@dataclass
+class ColumnWindow:
+    """One column window: input columns [first, stop), the model columns they need [model_first,
+    model_stop), and the tiles (and columns [tiles_first, tiles_stop)) that cover those."""
+
+    first: int
+    stop: int
+    model_first: int
+    model_stop: int
+    xs: list[int]
+    tiles_first: int
+    tiles_stop: int
+
+
+def column_windows(plan: GridPlan, grid: TileGrid, max_width: Optional[int] = None) -> list[ColumnWindow]:
+    """Input-grid column windows of bounded width (in input and model pixels), with their tiles."""
+    max_width = max_width or MAX_WINDOW_WIDTH
+    input_width = max(raster_io.OUTPUT_BLOCK, int(max_width * min(1.0, plan.kx)))
+    if plan.width <= max_width and plan.model_width <= max_width:
+        bounds = [(0, plan.width)]
+    else:
+        bounds = TileGrid(plan.width, 1, 1, 1, 0).column_windows(input_width, raster_io.OUTPUT_BLOCK)
+    x0, x1, _w = _bilinear_columns(plan.width, plan.model_width) if plan.resampled else (None, None, None)
+    windows = []
+    for first, stop in bounds:
+        if x0 is None:
+            model_first, model_stop = first, stop
+        else:
+            model_first, model_stop = int(x0[first]), int(x1[stop - 1]) + 1
+        xs = grid.tiles_overlapping(model_first, model_stop)
+        tiles_stop = min(xs[-1] + grid.tile_w, plan.model_width)
+        windows.append(ColumnWindow(first, stop, model_first, model_stop, xs, xs[0], tiles_stop))
+    return windows
+
+
+class BatchRunner:
+    """Turns scaled tiles into probabilities: the one-time precision check, batching, OOM retries."""
+
+    def __init__(
+        self, runner: TileRunner, batch_size: int, check_bf16: bool, threshold: float, notes: list[str]
+    ) -> None:
+        self.runner = runner
+        self.batch_size = batch_size
+        self.check_bf16 = check_bf16
+        self.threshold = threshold
+        self.notes = notes
+
+    def run(self, tiles: list[np.ndarray]) -> np.ndarray:
+        batch = np.stack(tiles)
+        parts = []
+        if self.check_bf16:
+            # Two tiles are enough to compare precisions and cannot run out of GPU memory.
+            parts.append(_check_bf16(self.runner, batch[:2], self.threshold, self.notes))
+            self.check_bf16 = False
+            batch = batch[2:]
+        if len(batch):
+            rest, self.batch_size = _run_with_retry(self.runner, batch, self.batch_size)
+            parts.append(rest)
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+class TileJob:
+    """State shared by every window of one prediction: dataset, grids, network, writer, counters."""
+
+    def __init__(self, dataset, card, plan, grid, band_indexes, stats, batches, writer, report, is_canceled) -> None:
+        self.dataset, self.card, self.plan, self.grid = dataset, card, plan, grid
+        self.band_indexes, self.stats, self.batches, self.writer = band_indexes, stats, batches, writer
+        self.report, self.is_canceled = report, is_canceled
+        self.heads = len(card.heads)
+        self.done_tiles = self.skipped_tiles = 0
+
+    def progress(self) -> None:
+        self.report(0.02 + 0.93 * self.done_tiles / max(1, self.grid.n_tiles * self.tile_passes))
+
+    tile_passes = 1  # > 1 when seam tiles run for two windows
+
+    def read_strip(self, window: ColumnWindow, y0: int, strip_h: int) -> tuple[np.ndarray, np.ndarray]:
+        """The model-grid strip (C, strip_h, tiles width) under a tile row of a window, with validity."""
+        from rasterio.enums import Resampling
+        from rasterio.windows import Window
+
+        plan = self.plan
+        cols = window.tiles_stop - window.tiles_first
+        if not plan.resampled:
+            return raster_io.read_block(
+                self.dataset, self.band_indexes, window=Window(window.tiles_first, y0, cols, strip_h)
+            )
+        source = Window(window.tiles_first * plan.kx, y0 * plan.ky, cols * plan.kx, strip_h * plan.ky)
+        return raster_io.read_block(
+            self.dataset,
+            self.band_indexes,
+            window=source,
+            out_shape=(strip_h, cols),
+            resampling=Resampling.average if plan.ky > 1 else Resampling.bilinear,
+        )
+
+    def accumulate_row(self, window: ColumnWindow, strip, valid, strip_h: int, accumulator: np.ndarray) -> None:
+        """Run every tile of one tile row of the window and add its weighted probabilities."""
+        grid = self.grid
+        pending: list[tuple[int, np.ndarray]] = []
+        for index, x0 in enumerate(window.xs):
+            local = x0 - window.tiles_first
+            w = min(grid.tile_w, self.plan.model_width - x0)
+            tile_valid = valid[:, local : local + w]
+            self.done_tiles += 1
+            if tile_valid.any():
+                scaled = apply_scaling(strip[:, :, local : local + w], tile_valid, self.stats, self.card)
+                pending.append((local, pad_tile(scaled, grid.tile_h, grid.tile_w)))
+            else:
+                self.skipped_tiles += 1
+            if pending and (len(pending) >= self.batches.batch_size or index == len(window.xs) - 1):
+                probabilities = self.batches.run([t for _x, t in pending])
+                for (lx, _t), p in zip(pending, probabilities):
+                    w = min(grid.tile_w, accumulator.shape[2] - lx)
+                    accumulator[:, :strip_h, lx : lx + w] += p[:, :strip_h, :w] * grid.weights[:strip_h, :w]
+                pending.clear()
+                check_canceled(self.is_canceled)
+                self.progress()
+        self.progress()
+
+    def run_window(self, window: ColumnWindow) -> None:
+        """Tile rows top to bottom over one column window; finished rows stream to the writer."""
+        grid, plan = self.grid, self.plan
+        accumulator = np.zeros((self.heads, grid.tile_h, window.tiles_stop - window.tiles_first), np.float32)
+        emit = self.emitter(window)
+        lo, hi = window.model_first - window.tiles_first, window.model_stop - window.tiles_first
+        norm_x = grid.norm_x[window.model_first : window.model_stop]
+        for row_index, y0 in enumerate(grid.ys):
+            check_canceled(self.is_canceled)
+            strip_h = min(grid.tile_h, plan.model_height - y0)
+            strip, valid = self.read_strip(window, y0, strip_h)
+            self.accumulate_row(window, strip, valid, strip_h, accumulator)
+            last_row = row_index == len(grid.ys) - 1
+            finished = strip_h if last_row else grid.ys[row_index + 1] - y0
+            norm = grid.norm_y[y0 : y0 + finished, None] * norm_x[None, :]
+            emit(accumulator[:, :finished, lo:hi] / norm, valid[:finished, lo:hi])
+            if not last_row:
+                accumulator[:, : grid.tile_h - finished] = accumulator[:, finished:]
+                accumulator[:, grid.tile_h - finished :] = 0.0
+
+    def emitter(self, window: ColumnWindow) -> Callable[[np.ndarray, np.ndarray], None]:
+        """Where a window's finished model rows go: the writer, through the resampler when resampled."""
+        columns = (window.first, window.stop)
+        if not self.plan.resampled:
+            return lambda prob, valid: self.writer.write_rows(prob, valid, columns)
+        plan = self.plan
+        resampler = GridResampler(plan.width, plan.height, plan.model_width, plan.model_height, self.heads, columns)
+
+        def emit(prob: np.ndarray, valid: np.ndarray) -> None:
+            first, rows = resampler.push(np.where(valid[None], prob, np.float32(0.0)))
+            if rows.shape[1]:
+                in_valid = read_valid_rows(self.dataset, self.band_indexes, first, rows.shape[1], columns)
+                self.writer.write_rows(rows, in_valid, columns)
+
+        return emit
+
+
+def _prepare_runner(card, options, model, notes: list[str], tile_h: int, tile_w: int) -> BatchRunner:
+    """Device, precision, the prepared network and the batch size."""
     choice = select_device(options.device)
     if choice.note:
         notes.append(choice.note)
@@ -453,145 +641,80 @@ def _predict_dataset(dataset, card, out_path, options, progress, is_canceled, mo
 
         model = load_model(card, "cpu")
     net = prepare_model(model, choice)
-
-    tile = int(options.tile_size or card.tile_size)
-    overlap = int(card.overlap if options.overlap is None else options.overlap)
-    if tile < 32 or tile % 32:
-        raise InputError(f"Tile size must be a multiple of 32 and at least 32, not {tile}.")
-    if not 0 <= overlap < tile // 2:
-        raise InputError(f"Overlap must be between 0 and half the tile size ({tile // 2}), not {overlap}.")
-    tile_h = tile if model_height >= tile else _round_up(model_height)
-    tile_w = tile if model_width >= tile else _round_up(model_width)
-    xs, ys = tile_starts(model_width, tile_w, overlap), tile_starts(model_height, tile_h, overlap)
-    ramp_x, ramp_y = blend_ramp(tile_w, overlap), blend_ramp(tile_h, overlap)
-    norm_x, norm_y = weight_sums(model_width, xs, ramp_x), weight_sums(model_height, ys, ramp_y)
-    tile_weights = np.outer(ramp_y, ramp_x)  # sliced per tile instead of rebuilt per tile
     tta_policy = card.tta if options.tta else "none"
     runner = TileRunner(net, choice, precision, tta_policy, options.look_direction_flip, tile_h == tile_w)
-    runner.is_canceled = is_canceled
     batch_size = int(options.batch_size or _default_batch_size(choice, tile_h, tile_w))
+    return BatchRunner(runner, batch_size, check_bf16, card.threshold, notes)
 
-    heads = list(card.heads)
+
+def _predict_dataset(dataset, card, out_path, options, progress, is_canceled, model, started) -> InferenceResult:
+    notes: list[str] = []
+    band_indexes, channels = resolve_bands(dataset.count, card, raster_io.alpha_band(dataset))
+    if channels > len(band_indexes):
+        notes.append(f"Single-band raster: the band is repeated to feed the model's {channels} bands.")
+    plan = plan_grid(dataset, card, options)
+    notes += plan.notes
+    stats: ScalingStats = compute_scaling_stats(dataset, card, band_indexes, channels)
+    check_canceled(is_canceled)
+    tile, overlap = check_tile_settings(card, options)
+    grid = TileGrid.for_raster(plan.model_width, plan.model_height, tile, overlap)
+    batches = _prepare_runner(card, options, model, notes, grid.tile_h, grid.tile_w)
+    batches.runner.is_canceled = is_canceled
     writer = raster_io.ProbabilityWriter(
         out_path,
-        width,
-        height,
-        heads,
+        plan.width,
+        plan.height,
+        list(card.heads),
         dataset.crs,
         dataset.transform,
         options.output_dtype,
         tags={"FOOTPRINT_MODEL": card.display_name, "FOOTPRINT_THRESHOLD": f"{card.threshold:g}"},
     )
-    resampler = GridResampler(width, height, model_width, model_height, len(heads)) if resampled else None
-
-    def emit(prob: np.ndarray, valid: np.ndarray) -> None:
-        if resampler is None:
-            writer.write_rows(prob, valid)
-            return
-        prob = np.where(valid[None], prob, np.float32(0.0))
-        first, rows = resampler.push(prob)
-        if rows.shape[1]:
-            writer.write_rows(rows, read_valid_rows(dataset, band_indexes, first, rows.shape[1]))
-
-    total_tiles = len(xs) * len(ys)
-    done_tiles = skipped_tiles = 0
-    accumulator = np.zeros((len(heads), tile_h, model_width), np.float32)
     report = progress or (lambda _f: None)
+    job = TileJob(dataset, card, plan, grid, band_indexes, stats, batches, writer, report, is_canceled)
+    windows = column_windows(plan, grid)
+    job.tile_passes = sum(len(w.xs) for w in windows) / max(1, len(grid.xs))
     report(0.02)
     try:
-        for row_index, y0 in enumerate(ys):
-            check_canceled(is_canceled)
-            strip_h = min(tile_h, model_height - y0)
-            if resampled:
-                window = Window(0, y0 * ky, width, strip_h * ky)
-                strip, strip_valid = raster_io.read_block(
-                    dataset,
-                    band_indexes,
-                    window=window,
-                    out_shape=(strip_h, model_width),
-                    resampling=Resampling.average if ky > 1 else Resampling.bilinear,
-                )
-            else:
-                strip, strip_valid = raster_io.read_block(dataset, band_indexes, window=Window(0, y0, width, strip_h))
-            pending: list[tuple[int, np.ndarray]] = []
-
-            def flush(pending: list[tuple[int, np.ndarray]], strip_h: int) -> None:
-                nonlocal check_bf16, batch_size
-                if not pending:
-                    return
-                batch = np.stack([t for _x, t in pending])
-                parts = []
-                if check_bf16:
-                    # Two tiles are enough to compare precisions and cannot run out of GPU memory.
-                    parts.append(_check_bf16(runner, batch[:2], card.threshold, notes))
-                    check_bf16 = False
-                    batch = batch[2:]
-                if len(batch):
-                    rest, batch_size = _run_with_retry(runner, batch, batch_size)
-                    parts.append(rest)
-                prob = np.concatenate(parts) if len(parts) > 1 else parts[0]
-                for (x0, _t), p in zip(pending, prob):
-                    w = min(tile_w, model_width - x0)
-                    accumulator[:, :strip_h, x0 : x0 + w] += p[:, :strip_h, :w] * tile_weights[:strip_h, :w]
-                pending.clear()
-
-            for x0 in xs:
-                w = min(tile_w, model_width - x0)
-                tile_valid = strip_valid[:, x0 : x0 + w]
-                done_tiles += 1
-                if not tile_valid.any():
-                    skipped_tiles += 1
-                    continue
-                scaled = apply_scaling(strip[:, :, x0 : x0 + w], tile_valid, stats, card)
-                pending.append((x0, _pad_tile(scaled, tile_h, tile_w)))
-                if len(pending) >= batch_size:
-                    flush(pending, strip_h)
-                    check_canceled(is_canceled)
-                    report(0.02 + 0.93 * done_tiles / total_tiles)
-            flush(pending, strip_h)
-            report(0.02 + 0.93 * done_tiles / total_tiles)
-
-            last_row = row_index == len(ys) - 1
-            finished = strip_h if last_row else ys[row_index + 1] - y0
-            norm = norm_y[y0 : y0 + finished, None] * norm_x[None, :]
-            prob = accumulator[:, :finished] / norm
-            emit(prob, strip_valid[:finished])
-            if not last_row:
-                accumulator[:, : tile_h - finished] = accumulator[:, finished:]
-                accumulator[:, tile_h - finished :] = 0.0
+        for window in windows:
+            job.run_window(window)
         check_canceled(is_canceled)
-        writer.commit()
+        writer.commit(progress=sub_progress(progress, 0.95, 1.0))
     except BaseException:
         writer.abort()
         raise
     report(1.0)
+    return _result(job, out_path, notes, started)
 
-    if check_bf16:  # no tile ever ran, so the reduced precision was never checked nor used
+
+def _result(job: TileJob, out_path: Path, notes: list[str], started: float) -> InferenceResult:
+    runner = job.batches.runner
+    if job.batches.check_bf16:  # no tile ever ran, so the reduced precision was never checked nor used
         runner.precision = "fp32"
-    if skipped_tiles == total_tiles:
+    if job.skipped_tiles == job.done_tiles:
         notes.append("The raster has no valid pixels (all nodata or masked): the probability raster is empty.")
     notes += runner.notes
+    plan, dataset = job.plan, job.dataset
     final = runner.choice
-    seconds = time.perf_counter() - started
     return InferenceResult(
         probability_path=out_path,
-        heads=heads,
+        heads=list(job.card.heads),
         device=final.device,
         device_name=final.name,
-        device_note=final.note or choice.note,
+        device_note=final.note,
         precision=runner.precision,
-        width=width,
-        height=height,
-        megapixels=width * height / 1e6,
-        seconds=seconds,
-        resampled=resampled,
+        width=plan.width,
+        height=plan.height,
+        megapixels=plan.width * plan.height / 1e6,
+        seconds=time.perf_counter() - started,
+        resampled=plan.resampled,
         warnings=notes,
         crs_wkt=dataset.crs.to_wkt() if dataset.crs else None,
-        gsd_m=float(gsd) if gsd is not None else 1.0,
-        tiles=total_tiles,
-        tiles_skipped=skipped_tiles,
-        batch_size=batch_size,
-        stats=stats.to_dict(),
+        gsd_m=float(plan.gsd) if plan.gsd is not None else 1.0,
+        tiles=job.grid.n_tiles,
+        tiles_skipped=job.skipped_tiles,
+        batch_size=job.batches.batch_size,
+        stats=job.stats.to_dict(),
     )
 
 
@@ -640,3 +763,154 @@ def _check_bf16(runner: TileRunner, batch: np.ndarray, threshold: float, notes: 
         f"difference {max_diff:.2f}); using fp32."
     )
     return reference
+
+
+# ---------------------------------------------------------------------------------------------
+# Job size: said before the work starts
+
+# Warn before jobs expected to run longer than this, or larger than this many megapixels.
+WARN_SECONDS = 30 * 60
+WARN_MEGAPIXELS = 2000.0
+# Until a speed is measured on this machine: CPU model-grid megapixels per second per forward pass.
+DEFAULT_MP_PER_S = {"cpu": 0.5, "cuda": 8.0, "mps": 2.0}
+# Stored bytes per output pixel and head, relative to raw: the DEFLATE scratch copy plus the COG with
+# overviews, as measured on real probability rasters (mostly ~0), and the least it can ever be.
+TYPICAL_DISK_FACTOR = 0.35 + 0.25 * 1.34
+MINIMUM_DISK_FACTOR = 0.05
+SPEED_CACHE_ENV = "FOOTPRINT_CACHE_DIR"
+
+
+@dataclass
+class JobEstimate:
+    """What a job will cost, computed from the raster's header before any pixel is read."""
+
+    megapixels: float
+    model_megapixels: float
+    tiles: int
+    passes: int
+    mp_per_s: float
+    measured: bool
+    seconds: float
+    disk_bytes: int
+    free_bytes: Optional[int]
+
+    def describe(self) -> str:
+        speed = "measured here" if self.measured else "a first guess until one run is measured"
+        text = (
+            f"Job: {self.megapixels:,.0f} MP ({self.tiles:,} tiles x {self.passes} pass(es)), about "
+            f"{_duration(self.seconds)} at {self.mp_per_s:.2g} MP/s ({speed}); probability raster about "
+            f"{self.disk_bytes / 1e9:.2g} GB"
+        )
+        if self.free_bytes is not None:
+            text += f", {self.free_bytes / 1e9:.3g} GB free"
+        return text + "."
+
+    @property
+    def is_large(self) -> bool:
+        return self.seconds > WARN_SECONDS or self.megapixels > WARN_MEGAPIXELS
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _speed_cache() -> Path:
+    import os
+
+    base = os.environ.get(SPEED_CACHE_ENV) or os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "footprint_plugin" / "speed.json"
+
+
+def _speed_key(card: ModelCard, device_kind: str, tile: int) -> str:
+    return f"{card.architecture}|{card.in_channels}|{tile}|{device_kind}"
+
+
+def measured_speed(card: ModelCard, device_kind: str, tile: int) -> Optional[float]:
+    """Model-grid MP/s per pass of the last run with this architecture on this kind of device, if any."""
+    import json
+
+    try:
+        value = json.loads(_speed_cache().read_text(encoding="utf-8")).get(_speed_key(card, device_kind, tile))
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) and value > 0 else None
+
+
+def remember_speed(card: ModelCard, result: InferenceResult, passes: int, tile: int) -> None:
+    """Store this run's speed for the next estimate (best effort: a read-only home is fine)."""
+    import json
+
+    from .atomic import write_text_atomically
+
+    if result.seconds <= 1.0 or result.megapixels < 0.5:
+        return  # too small to say anything about speed
+    path = _speed_cache()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        kind = torch.device(result.device).type
+        data[_speed_key(card, kind, tile)] = round(result.megapixels * passes / result.seconds, 4)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomically(path, json.dumps(data, indent=1))
+    except (OSError, ValueError, AttributeError, FootprintError):
+        pass
+
+
+def tta_passes(card: ModelCard, options: InferenceOptions, square: bool = True) -> int:
+    return len(_tta_transforms(card.tta if options.tta else "none", square))
+
+
+def estimate_job(
+    raster_path: Union[str, Path], card: ModelCard, options: InferenceOptions, out_path: Union[str, Path]
+) -> JobEstimate:
+    """Megapixels, expected time at the measured speed and disk for the probability raster."""
+    from .paths import free_bytes
+
+    options = options or InferenceOptions()
+    tile, overlap = check_tile_settings(card, options)
+    with raster_io.gdal_env(), raster_io.opened(raster_path) as dataset:
+        plan = plan_grid(dataset, card, options)
+    grid = TileGrid.for_raster(plan.model_width, plan.model_height, tile, overlap)
+    passes = tta_passes(card, options, grid.tile_h == grid.tile_w)
+    kind = "cuda" if options.device.startswith("cuda") and torch.cuda.is_available() else "cpu"
+    if options.device == "auto" and torch.cuda.is_available():
+        kind = "cuda"
+    speed = measured_speed(card, kind, tile)
+    mp_per_s = speed or DEFAULT_MP_PER_S.get(kind, 0.5)
+    # Work is tiles x tile area (overlaps run twice), not raster area.
+    work_mp = grid.n_tiles * grid.tile_h * grid.tile_w / 1e6 * passes
+    bytes_per_pixel = (1 if options.output_dtype == "uint8" else 4) * len(card.heads)
+    raw = plan.width * plan.height * bytes_per_pixel
+    return JobEstimate(
+        megapixels=plan.width * plan.height / 1e6,
+        model_megapixels=plan.model_width * plan.model_height / 1e6,
+        tiles=grid.n_tiles,
+        passes=passes,
+        mp_per_s=mp_per_s / passes,
+        measured=speed is not None,
+        seconds=work_mp / mp_per_s,
+        disk_bytes=int(raw * TYPICAL_DISK_FACTOR),
+        free_bytes=free_bytes(out_path),
+    )
+
+
+def check_disk(estimate: JobEstimate, out_path: Union[str, Path]) -> Optional[str]:
+    """Refuse a job whose probability raster cannot fit the disk even at the best compression;
+    return a warning when it probably will not fit."""
+    free = estimate.free_bytes
+    if free is None:
+        return None
+    least = estimate.disk_bytes * MINIMUM_DISK_FACTOR / TYPICAL_DISK_FACTOR
+    if least > free:
+        raise OutputError(
+            f"Not enough disk space for the probability raster of this job in {Path(out_path).parent}: it needs at "
+            f"least {least / 1e9:.3g} GB, {free / 1e9:.3g} GB are free. {estimate.describe()} Free some space, "
+            "write to another disk, or limit the job with an extent."
+        )
+    if estimate.disk_bytes > free:
+        folder = Path(out_path).parent
+        return f"The probability raster may not fit the {free / 1e9:.3g} GB free in {folder}: {estimate.describe()}"
+    return None

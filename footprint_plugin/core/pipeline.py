@@ -5,15 +5,17 @@ Shared by the command line and the Processing algorithms, so every entry point b
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
-from .atomic import temporary_sibling
+from .atomic import remove_quietly, remove_stale_partials, temporary_sibling
 from .callbacks import CancelCallback, ProgressCallback, check_canceled, sub_progress
+from .errors import OutputError
 from .modelcard import ModelCard, find_model
 
 
@@ -71,28 +73,67 @@ class DetectResult:
         }
 
 
-SHAPEFILE_PARTS = (".shp", ".shx", ".dbf", ".prj", ".cpg", ".qix")
+RASTER_SUFFIXES = (".tif", ".tiff")
 
 
-def _companions(path: Path) -> list[Path]:
-    """The file plus the sidecars GDAL writes beside it."""
-    if path.suffix.lower() == ".shp":
-        return [path.with_suffix(ext) for ext in SHAPEFILE_PARTS]
-    return [path, path.with_name(path.name + ".aux.xml")]
+def check_detect_job(
+    raster_path: Union[str, Path],
+    out_vector: Optional[Union[str, Path]],
+    probability_path: Optional[Union[str, Path]],
+    inference_options: Any,
+    polygon_options: Any,
+    labels: Optional[dict[str, str]] = None,
+) -> None:
+    """Every check that needs no model and no pixels, before any work: parameters, output paths
+    (never an input, never each other, never a folder), output folders writable.
+
+    `labels` names the settings in the caller's words (e.g. {"vector": "--out"}).
+    """
+    from .inference import check_batch_size
+    from .paths import check_folder_writable, check_outputs
+    from .vector_io import DRIVERS_BY_SUFFIX
+
+    labels = {
+        "raster": "input raster",
+        "vector": "the buildings output",
+        "probability": "the probability output",
+        **(labels or {}),
+    }
+    check_batch_size(getattr(inference_options, "batch_size", None))
+    if polygon_options is not None:
+        polygon_options.validate()
+    check_outputs(
+        {labels["raster"]: raster_path}, {labels["vector"]: out_vector, labels["probability"]: probability_path}
+    )
+    if out_vector is not None and Path(out_vector).suffix.lower() not in DRIVERS_BY_SUFFIX:
+        known = ", ".join(sorted(DRIVERS_BY_SUFFIX))
+        raise OutputError(f"{labels['vector']}: {Path(out_vector).name} is not a vector file name; use one of {known}.")
+    if probability_path is not None and Path(probability_path).suffix.lower() not in RASTER_SUFFIXES:
+        raise OutputError(
+            f"{labels['probability']}: the probability raster must be a GeoTIFF (.tif), not {Path(probability_path).name}."
+        )
+    for key, path in (("vector", out_vector), ("probability", probability_path)):
+        if path is not None:
+            check_folder_writable(path, labels[key])
 
 
-def _remove_quietly(path: Path) -> None:
-    for candidate in _companions(path):
-        try:
-            candidate.unlink()
-        except FileNotFoundError:
-            pass
+def estimate_and_check(
+    raster_path: Path, card: ModelCard, options: Any, probability_path: Path, log: Optional[Callable[[str], None]]
+) -> list[str]:
+    """Say how big the job is before starting; refuse what cannot fit the disk. Returns warnings."""
+    from .inference import check_disk, estimate_job
 
-
-def _promote(working: Path, final: Path) -> None:
-    for source, target in zip(_companions(working), _companions(final)):
-        if source.exists():
-            os.replace(source, target)
+    estimate = estimate_job(raster_path, card, options, probability_path)
+    warnings = []
+    disk_warning = check_disk(estimate, probability_path)
+    if estimate.is_large:
+        warnings.append(f"This is a large job. {estimate.describe()} Limit it with an extent or mask to go faster.")
+    if disk_warning:
+        warnings.append(disk_warning)
+    if log is not None:
+        for line in warnings or [estimate.describe()]:
+            log(line)
+    return warnings
 
 
 def detect_buildings(
@@ -105,70 +146,105 @@ def detect_buildings(
     progress: Optional[ProgressCallback] = None,
     is_canceled: Optional[CancelCallback] = None,
     model: Any = None,
+    log: Optional[Callable[[str], None]] = None,
 ) -> DetectResult:
     """Run the model over the raster and turn its probabilities into building polygons.
 
     Both outputs appear only when everything succeeded: a failure or cancel leaves neither behind
-    and never touches files that were already at those paths.
+    and never touches files that were already at those paths. Every parameter and output path is
+    checked before the model is loaded; `log` receives the job's size estimate before the work.
     """
-    from .inference import InferenceOptions, predict_raster
-    from .polygons import PolygonOptions, polygonize_raster, write_buildings
+    from .inference import InferenceOptions
+    from .polygons import PolygonOptions
 
     started = time.monotonic()
     card = card if isinstance(card, ModelCard) else find_model(card)
     raster_path = Path(raster_path)
     inference_options = inference_options or InferenceOptions()
     polygon_options = polygon_options or PolygonOptions(threshold=card.threshold)
-
     final_probability = Path(probability_path) if probability_path else None
-    scratch_dir: Optional[tempfile.TemporaryDirectory] = None
-    if final_probability is not None:
-        working_probability = temporary_sibling(final_probability)
-    else:
-        scratch_dir = tempfile.TemporaryDirectory(prefix="footprint_")
-        working_probability = Path(scratch_dir.name) / "probability.tif"
     final_vector = Path(out_vector) if out_vector else None
-    working_vector = temporary_sibling(final_vector) if final_vector is not None else None
-
-    try:
-        inference = predict_raster(
-            raster_path,
-            card,
-            working_probability,
-            inference_options,
-            progress=sub_progress(progress, 0.0, 0.85),
-            is_canceled=is_canceled,
-            model=model,
-        )
-        inference_done = time.monotonic()
-        check_canceled(is_canceled)
-        polygons = polygonize_raster(
-            working_probability,
-            polygon_options,
-            source=raster_path.name,
-            model=card.display_name,
-            progress=sub_progress(progress, 0.85, 0.98),
-            is_canceled=is_canceled,
-        )
-        check_canceled(is_canceled)
-        if working_vector is not None:
-            write_buildings(polygons, working_vector)
-        check_canceled(is_canceled)
+    check_detect_job(raster_path, final_vector, final_probability, inference_options, polygon_options)
+    remove_stale_partials(p.parent for p in (final_vector, final_probability) if p is not None)
+    with contextlib.ExitStack() as stack:
         if final_probability is not None:
-            _promote(working_probability, final_probability)
-        if working_vector is not None and final_vector is not None:
-            _promote(working_vector, final_vector)
-    except BaseException:
-        _remove_quietly(working_probability)
-        if working_vector is not None:
-            _remove_quietly(working_vector)
-        raise
-    finally:
-        if scratch_dir is not None:
-            scratch_dir.cleanup()
+            working_probability = temporary_sibling(final_probability)
+        else:
+            scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="footprint_"))
+            working_probability = Path(scratch) / "probability.tif"
+        warnings = estimate_and_check(raster_path, card, inference_options, working_probability, log)
+        try:
+            run = _run_stages(
+                raster_path,
+                card,
+                working_probability,
+                final_vector,
+                inference_options,
+                polygon_options,
+                progress,
+                is_canceled,
+                model,
+            )
+            if final_probability is not None:
+                os.replace(working_probability, final_probability)
+        except BaseException:
+            remove_quietly(working_probability)
+            raise
     if progress is not None:
         progress(1.0)
-    finished = time.monotonic()
+    return _detect_result(run, card, final_vector, final_probability, started, warnings)
+
+
+def _run_stages(
+    raster_path,
+    card,
+    working_probability,
+    final_vector,
+    inference_options,
+    polygon_options,
+    progress,
+    is_canceled,
+    model,
+) -> tuple[Any, Any, float]:
+    """Inference, polygons, then the vector file (written atomically by write_buildings)."""
+    from .inference import predict_raster, remember_speed, tta_passes
+    from .polygons import polygonize_raster, write_buildings
+
+    started = time.monotonic()
+    inference = predict_raster(
+        raster_path,
+        card,
+        working_probability,
+        inference_options,
+        progress=sub_progress(progress, 0.0, 0.85),
+        is_canceled=is_canceled,
+        model=model,
+    )
+    if model is None:
+        remember_speed(
+            card, inference, tta_passes(card, inference_options), int(inference_options.tile_size or card.tile_size)
+        )
+    inference_seconds = time.monotonic() - started
+    check_canceled(is_canceled)
+    polygons = polygonize_raster(
+        working_probability,
+        polygon_options,
+        source=raster_path.name,
+        model=card.display_name,
+        progress=sub_progress(progress, 0.85, 0.98),
+        is_canceled=is_canceled,
+    )
+    check_canceled(is_canceled)
+    if final_vector is not None:
+        write_buildings(polygons, final_vector)
+    return inference, polygons, inference_seconds
+
+
+def _detect_result(
+    run, card: ModelCard, final_vector, final_probability, started: float, warnings: list[str]
+) -> DetectResult:
+    inference, polygons, inference_seconds = run
+    seconds = time.monotonic() - started
     return DetectResult(
         buildings_path=final_vector,
         probability_path=final_probability,
@@ -180,10 +256,10 @@ def detect_buildings(
         device_name=inference.device_name,
         device_note=inference.device_note,
         precision=inference.precision,
-        seconds=finished - started,
-        inference_seconds=inference_done - started,
-        polygon_seconds=finished - inference_done,
+        seconds=seconds,
+        inference_seconds=inference_seconds,
+        polygon_seconds=seconds - inference_seconds,
         megapixels=inference.megapixels,
         model=card.display_name,
-        warnings=list(inference.warnings) + list(polygons.warnings),
+        warnings=warnings + list(inference.warnings) + list(polygons.warnings),
     )

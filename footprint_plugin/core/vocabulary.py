@@ -38,6 +38,22 @@ DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 DEFAULT_EPOCHS = 30
 DEFAULT_FINETUNE_EPOCHS = 15
 
+# The building polygon layer, in field order: name -> Python type (int, float, str, bool). The CLI writes
+# it through core.polygons.write_buildings, Processing through its sink (processing/base.building_fields).
+# There is no "id" field: the layer's own key (GeoPackage fid, PostGIS primary key, Shapefile FID)
+# numbers the buildings 1..n in write order, so an output never carries two keys (fid and id, or id_0).
+BUILDING_FIELDS: dict[str, type] = {
+    "score": float,  # mean footprint probability inside the outline
+    "area_m2": float,
+    "perimeter_m": float,
+    "compactness": float,  # 4*pi*area/perimeter^2: 1 for a circle, ~0.79 for a square
+    "regularized": bool,
+    "source": str,  # raster file name
+    "model": str,  # "name vVERSION"
+}
+# Added in batch mode: which tile a building came from.
+BATCH_FIELDS: dict[str, type] = {"tile": str}
+
 # One rule for model names, used by the GUI, Processing, the CLI, training and the zoo: a name is a
 # file name stem inside the model folder, so it may never contain a path separator or start with a dot.
 MODEL_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"

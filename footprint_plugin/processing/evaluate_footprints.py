@@ -57,11 +57,17 @@ class EvaluateFootprintsAlgorithm(FootprintAlgorithm):
         polygon = [SOURCE_POLYGON]
         self.addParameter(QgsProcessingParameterFeatureSource(self.PREDICTED, self.tr("Predicted buildings"), polygon))
         self.addParameter(QgsProcessingParameterFeatureSource(self.REFERENCE, self.tr("Reference buildings"), polygon))
-        self.addParameter(QgsProcessingParameterFeatureSource(self.AOI, self.tr("Area of interest"), polygon, optional=True))
+        self.addParameter(
+            QgsProcessingParameterFeatureSource(self.AOI, self.tr("Area of interest"), polygon, optional=True)
+        )
         self.addParameter(
             QgsProcessingParameterNumber(
-                self.IOU_THRESHOLD, self.tr("IoU threshold"), NUMBER_DOUBLE, 0.5,
-                minValue=0.01, maxValue=1.0,
+                self.IOU_THRESHOLD,
+                self.tr("IoU threshold"),
+                NUMBER_DOUBLE,
+                0.5,
+                minValue=0.01,
+                maxValue=1.0,
             )
         )
         self.addParameter(
@@ -92,12 +98,28 @@ class EvaluateFootprintsAlgorithm(FootprintAlgorithm):
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
         from ..core.evaluate import evaluate_files
+        from ..core.paths import check_outputs
 
         predicted = source_path(self, parameters, self.PREDICTED, context, feedback)
         reference = source_path(self, parameters, self.REFERENCE, context, feedback)
         if not predicted or not reference:
             raise QgsProcessingException("Pick both a predicted and a reference polygon layer.")
         report = self.parameterAsFileOutput(parameters, self.REPORT, context) or None
+        # Before any work: no report or TP/FP/FN layer may replace an input or another output.
+        check_outputs(
+            {"Predicted buildings": predicted, "Reference buildings": reference},
+            {
+                "JSON report": report,
+                **{
+                    label: self.parameterAsOutputLayer(parameters, name, context) or None
+                    for name, label in (
+                        (self.TRUE_POSITIVES, "True positives"),
+                        (self.FALSE_POSITIVES, "False positives"),
+                        (self.FALSE_NEGATIVES, "False negatives"),
+                    )
+                },
+            },
+        )
         adapter = FeedbackAdapter(feedback, 0.0, 0.9)
         result = evaluate_files(
             predicted,
@@ -115,16 +137,26 @@ class EvaluateFootprintsAlgorithm(FootprintAlgorithm):
             feedback.pushInfo(line)
 
         crs = crs_from_wkt(result.crs_wkt)
-        matched_pred = {m.pred for m in result.matches}
-        matched_gt = {m.gt for m in result.matches}
-        fp = [i for i in range(len(result.predicted)) if i not in matched_pred]
-        fn = [i for i in range(len(result.ground_truth)) if i not in matched_gt]
+        fp, fn = result.fp_indices, result.fn_indices  # the same sets the engine writes to its TP/FP/FN layers
         layers = (
-            (self.TRUE_POSITIVES, [("pred_index", "int"), ("gt_index", "int"), ("iou", "float")],
-             [result.predicted[m.pred] for m in result.matches],
-             [{"pred_index": m.pred, "gt_index": m.gt, "iou": round(m.iou, 4)} for m in result.matches]),
-            (self.FALSE_POSITIVES, [("pred_index", "int")], [result.predicted[i] for i in fp], [{"pred_index": i} for i in fp]),
-            (self.FALSE_NEGATIVES, [("gt_index", "int")], [result.ground_truth[i] for i in fn], [{"gt_index": i} for i in fn]),
+            (
+                self.TRUE_POSITIVES,
+                [("pred_index", "int"), ("gt_index", "int"), ("iou", "float")],
+                [result.predicted[m.pred] for m in result.matches],
+                [{"pred_index": m.pred, "gt_index": m.gt, "iou": round(m.iou, 4)} for m in result.matches],
+            ),
+            (
+                self.FALSE_POSITIVES,
+                [("pred_index", "int")],
+                [result.predicted[i] for i in fp],
+                [{"pred_index": i} for i in fp],
+            ),
+            (
+                self.FALSE_NEGATIVES,
+                [("gt_index", "int")],
+                [result.ground_truth[i] for i in fn],
+                [{"gt_index": i} for i in fn],
+            ),
         )
         outputs: dict[str, Any] = {}
         for name, spec, geometries, attributes in layers:

@@ -37,8 +37,12 @@ class FinetuneModelAlgorithm(TrainModelAlgorithm):
         names = model_names()
         self.addParameter(
             QgsProcessingParameterEnum(
-                self.BASE_MODEL, self.tr("Base model"), options=names, defaultValue=default_model(names),
-                optional=True, usesStaticStrings=True,
+                self.BASE_MODEL,
+                self.tr("Base model"),
+                options=names,
+                defaultValue=default_model(names),
+                optional=True,
+                usesStaticStrings=True,
             )
         )
         self.addParameter(

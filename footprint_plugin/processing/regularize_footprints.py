@@ -1,4 +1,9 @@
-"""footprint:regularizefootprints: square building outlines (dominant orientation, right angles)."""
+"""footprint:regularizefootprints: square building outlines (dominant orientation, right angles).
+
+A QgsProcessingFeatureBasedAlgorithm: QGIS runs the feature loop (progress, cancel, invalid-geometry
+handling, sink) and offers the algorithm for in-place editing of a layer's selected features; this
+module only says how one feature changes.
+"""
 
 from __future__ import annotations
 
@@ -8,31 +13,33 @@ from qgis.core import (
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
     QgsFeature,
-    QgsFeatureSink,
-    QgsField,
     QgsFields,
     QgsProcessingContext,
     QgsProcessingException,
+    QgsProcessingFeatureBasedAlgorithm,
     QgsProcessingFeedback,
     QgsProcessingOutputNumber,
-    QgsProcessingParameterFeatureSink,
-    QgsProcessingParameterFeatureSource,
     QgsProcessingParameterNumber,
 )
 
-from .base import GROUP_VECTOR, FootprintAlgorithm, _field_type, from_qgs_geometry, to_qgs_geometry
+from .base import GROUP_VECTOR, FootprintAlgorithm, from_qgs_geometry, make_fields, to_qgs_geometry
 from .compat import NUMBER_DOUBLE, SOURCE_POLYGON, WKB_MULTIPOLYGON
 
+FLAG_FIELD = "regularized"
 
-def metric_crs(source_crs: QgsCoordinateReferenceSystem, longitude: float, latitude: float) -> QgsCoordinateReferenceSystem:
+
+def metric_crs(
+    source_crs: QgsCoordinateReferenceSystem, longitude: float, latitude: float
+) -> QgsCoordinateReferenceSystem:
     """The source CRS if it is projected, else the UTM zone at the given point (squaring needs metres)."""
     if source_crs.isValid() and not source_crs.isGeographic():
         return source_crs
-    zone = min(max(int((longitude + 180) // 6) + 1, 1), 60)
-    return QgsCoordinateReferenceSystem(f"EPSG:{32600 + zone if latitude >= 0 else 32700 + zone}")
+    from ..core.geometry import utm_crs_for  # engine import inside: the provider loads without shapely
+
+    return QgsCoordinateReferenceSystem(utm_crs_for(longitude, latitude))
 
 
-class RegularizeFootprintsAlgorithm(FootprintAlgorithm):
+class RegularizeFootprintsAlgorithm(QgsProcessingFeatureBasedAlgorithm):
     INPUT = "INPUT"
     TOLERANCE = "TOLERANCE"
     MIN_IOU = "MIN_IOU"
@@ -47,84 +54,135 @@ class RegularizeFootprintsAlgorithm(FootprintAlgorithm):
         "irregular outlines, and any outline whose squared version would overlap the original by less than "
         "<b>Minimum IoU</b>, are kept as they are.\n\n<b>Tolerance</b> (metres, about one pixel) simplifies the "
         "outline before squaring. Layers in a geographic CRS are squared in their local UTM zone.\n"
-        "All attributes are kept; a <b>regularized</b> field says which outlines changed."
+        "All attributes are kept; a <b>regularized</b> field says which outlines changed. The algorithm also "
+        "edits a layer's selected features in place (Processing toolbox, Edit Features In-Place)."
     )
 
-    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
+    # Names, groups, icon, help and the dependency check are the ones every footprint algorithm uses.
+    name = FootprintAlgorithm.name
+    displayName = FootprintAlgorithm.displayName
+    group = FootprintAlgorithm.group
+    groupId = FootprintAlgorithm.groupId
+    shortHelpString = FootprintAlgorithm.shortHelpString
+    icon = FootprintAlgorithm.icon
+    tr = FootprintAlgorithm.tr
+    canExecute = FootprintAlgorithm.canExecute
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._tolerance = 0.5
+        self._min_iou = 0.8
+        self._forward: QgsCoordinateTransform | None = None
+        self._backward: QgsCoordinateTransform | None = None
+        self._fields: QgsFields | None = None
+        self._changed = 0
+        self._seen = 0
+
+    def createInstance(self) -> RegularizeFootprintsAlgorithm:
+        return type(self)()
+
+    # ------------------------------------------------------------------ what QGIS asks a feature algorithm
+
+    def inputLayerTypes(self) -> list[int]:
+        return [SOURCE_POLYGON]
+
+    def inputParameterDescription(self) -> str:
+        return self.tr("Building polygons")
+
+    def outputName(self) -> str:
+        return self.tr("Regularized buildings")
+
+    def outputLayerType(self) -> int:
+        return SOURCE_POLYGON
+
+    def outputWkbType(self, input_wkb_type: int) -> int:
+        # Squaring a MultiPolygon squares each part, so every output is multi-part (as before).
+        return WKB_MULTIPOLYGON
+
+    def outputFields(self, input_fields: QgsFields) -> QgsFields:
+        fields = QgsFields(input_fields)
+        if fields.indexOf(FLAG_FIELD) < 0:
+            fields.append(make_fields([(FLAG_FIELD, "bool")]).at(0))
+        # QGIS asks once before the feature loop (also for in-place edits); processFeature reuses the answer.
+        self._fields = fields
+        return fields
+
+    def initParameters(self, config: dict[str, Any] | None = None) -> None:
         self.addParameter(
-            QgsProcessingParameterFeatureSource(
-                self.INPUT, self.tr("Building polygons"), [SOURCE_POLYGON]
-            )
+            QgsProcessingParameterNumber(self.TOLERANCE, self.tr("Tolerance (m)"), NUMBER_DOUBLE, 0.5, minValue=0.0)
         )
         self.addParameter(
             QgsProcessingParameterNumber(
-                self.TOLERANCE, self.tr("Tolerance (m)"), NUMBER_DOUBLE, 0.5, minValue=0.0
+                self.MIN_IOU,
+                self.tr("Minimum IoU with the original"),
+                NUMBER_DOUBLE,
+                0.8,
+                minValue=0.0,
+                maxValue=1.0,
             )
         )
-        self.addParameter(
-            QgsProcessingParameterNumber(
-                self.MIN_IOU, self.tr("Minimum IoU with the original"), NUMBER_DOUBLE, 0.8,
-                minValue=0.0, maxValue=1.0,
-            )
-        )
-        self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, self.tr("Regularized buildings"), SOURCE_POLYGON))
         self.addOutput(QgsProcessingOutputNumber("N_REGULARIZED", self.tr("Outlines squared")))
 
-    def perform(
-        self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
-    ) -> dict[str, Any]:
-        from ..core.regularize import regularize_polygon
+    # ------------------------------------------------------------------ running
 
+    def prepareAlgorithm(
+        self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> bool:
+        ok, message = self.canExecute()
+        if not ok:
+            raise QgsProcessingException(message)
         source = self.parameterAsSource(parameters, self.INPUT, context)
         if source is None:
             raise QgsProcessingException(self.invalidSourceError(parameters, self.INPUT))
-        tolerance = self.parameterAsDouble(parameters, self.TOLERANCE, context)
-        min_iou = self.parameterAsDouble(parameters, self.MIN_IOU, context)
-        fields = QgsFields(source.fields())
-        if fields.indexOf("regularized") < 0:
-            fields.append(QgsField("regularized", _field_type("bool")))
-        flag_index = fields.indexOf("regularized")
+        self._tolerance = self.parameterAsDouble(parameters, self.TOLERANCE, context)
+        self._min_iou = self.parameterAsDouble(parameters, self.MIN_IOU, context)
+        self._changed = self._seen = 0
+        self._forward = self._backward = None
         source_crs = source.sourceCrs()
-        center = source.sourceExtent().center()
-        if source_crs.isGeographic():
-            longitude, latitude = center.x(), center.y()
-        else:
-            to_wgs84 = QgsCoordinateTransform(source_crs, QgsCoordinateReferenceSystem("EPSG:4326"), context.transformContext())
-            point = to_wgs84.transform(center) if source_crs.isValid() else center
-            longitude, latitude = point.x(), point.y()
-        work_crs = metric_crs(source_crs, longitude, latitude)
-        forward = QgsCoordinateTransform(source_crs, work_crs, context.transformContext())
-        backward = QgsCoordinateTransform(work_crs, source_crs, context.transformContext())
-        reproject = source_crs.isValid() and work_crs != source_crs
         if not source_crs.isValid():
             feedback.pushWarning("The layer has no CRS; treating its coordinates as metres.")
+            return True
+        center = source.sourceExtent().center()
+        if not source_crs.isGeographic():
+            to_wgs84 = QgsCoordinateTransform(
+                source_crs, QgsCoordinateReferenceSystem("EPSG:4326"), context.transformContext()
+            )
+            center = to_wgs84.transform(center)
+        work_crs = metric_crs(source_crs, center.x(), center.y())
+        if work_crs != source_crs:
+            self._forward = QgsCoordinateTransform(source_crs, work_crs, context.transformContext())
+            self._backward = QgsCoordinateTransform(work_crs, source_crs, context.transformContext())
+        return True
 
-        sink, dest_id = self.parameterAsSink(
-            parameters, self.OUTPUT, context, fields, WKB_MULTIPOLYGON, source_crs
-        )
-        if sink is None:
-            raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
-        total = max(source.featureCount(), 1)
-        changed = 0
-        for index, feature in enumerate(source.getFeatures()):
-            if feedback.isCanceled():
-                break
-            out = QgsFeature(fields)
-            attributes = feature.attributes() + [None] * (fields.count() - len(feature.attributes()))
-            geometry = feature.geometry()
-            flag = False
-            if not geometry.isEmpty():
-                if reproject:
-                    geometry.transform(forward)
-                squared, flag = regularize_polygon(from_qgs_geometry(geometry), tolerance=tolerance, min_iou=min_iou)
-                geometry = to_qgs_geometry(squared)
-                if reproject:
-                    geometry.transform(backward)
-            attributes[flag_index] = bool(flag)
-            changed += int(flag)
-            out.setGeometry(geometry)
-            out.setAttributes(attributes)
-            sink.addFeature(out, QgsFeatureSink.Flag.FastInsert)
-            feedback.setProgress(100.0 * (index + 1) / total)
-        feedback.pushInfo(f"Squared {changed} of {source.featureCount()} outlines.")
-        return {self.OUTPUT: dest_id, "N_REGULARIZED": changed}
+    def processFeature(
+        self, feature: QgsFeature, context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> list[QgsFeature]:
+        from ..core.regularize import regularize_polygon
+
+        geometry = feature.geometry()
+        flag = False
+        if not geometry.isEmpty():
+            if self._forward is not None:
+                geometry.transform(self._forward)
+            squared, flag = regularize_polygon(
+                from_qgs_geometry(geometry), tolerance=self._tolerance, min_iou=self._min_iou
+            )
+            geometry = to_qgs_geometry(squared)
+            if self._backward is not None:
+                geometry.transform(self._backward)
+        fields = self._fields if self._fields is not None else self.outputFields(feature.fields())
+        out = QgsFeature(fields, feature.id())
+        attributes = feature.attributes() + [None] * (fields.count() - len(feature.attributes()))
+        attributes[fields.indexOf(FLAG_FIELD)] = bool(flag)
+        out.setAttributes(attributes)
+        out.setGeometry(geometry)
+        self._changed += int(flag)
+        self._seen += 1
+        return [out]
+
+    def processAlgorithm(
+        self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> dict[str, Any]:
+        results = super().processAlgorithm(parameters, context, feedback)  # QGIS's feature loop
+        feedback.pushInfo(f"Squared {self._changed} of {self._seen} outlines.")
+        return {**results, "N_REGULARIZED": self._changed}

@@ -60,9 +60,7 @@ class TrainModelAlgorithm(FootprintAlgorithm):
     )
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
-        self.addParameter(
-            QgsProcessingParameterMultipleLayers(self.INPUT, self.tr("Raster(s)"), SOURCE_RASTER)
-        )
+        self.addParameter(QgsProcessingParameterMultipleLayers(self.INPUT, self.tr("Raster(s)"), SOURCE_RASTER))
         polygon = [SOURCE_POLYGON]
         self.addParameter(QgsProcessingParameterFeatureSource(self.BUILDINGS, self.tr("Building polygons"), polygon))
         self.addParameter(
@@ -74,17 +72,46 @@ class TrainModelAlgorithm(FootprintAlgorithm):
         )
         self.addParameter(QgsProcessingParameterString(self.NAME_PARAM, self.tr("New model name"), "my_buildings"))
         self.addParameter(
-            QgsProcessingParameterEnum(self.DEVICE, self.tr("Device"), options=DEVICES, defaultValue="auto", usesStaticStrings=True)
+            QgsProcessingParameterEnum(
+                self.DEVICE, self.tr("Device"), options=DEVICES, defaultValue="auto", usesStaticStrings=True
+            )
         )
         advanced = [
-            QgsProcessingParameterNumber(self.BATCH_SIZE, self.tr("Batch size"), NUMBER_INTEGER, 8, minValue=1, maxValue=256),
-            QgsProcessingParameterNumber(self.CHIP_SIZE, self.tr("Chip size (pixels, multiple of 32)"), NUMBER_INTEGER, 256, minValue=64, maxValue=2048),
-            QgsProcessingParameterNumber(self.LEARNING_RATE, self.tr("Learning rate"), NUMBER_DOUBLE, self.default_learning_rate(), minValue=1e-6, maxValue=1.0),
-            QgsProcessingParameterNumber(self.MAX_MINUTES, self.tr("Stop after (minutes, 0: no limit)"), NUMBER_DOUBLE, 0.0, minValue=0.0),
-            QgsProcessingParameterEnum(
-                self.AUGMENTATION, self.tr("Augmentation"), options=list(AUGMENTATIONS), defaultValue=AUGMENTATIONS[0], usesStaticStrings=True
+            QgsProcessingParameterNumber(
+                self.BATCH_SIZE, self.tr("Batch size"), NUMBER_INTEGER, 8, minValue=1, maxValue=256
             ),
-            QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, self.tr("Model folder (empty: user model folder)"), optional=True, createByDefault=False),
+            QgsProcessingParameterNumber(
+                self.CHIP_SIZE,
+                self.tr("Chip size (pixels, multiple of 32)"),
+                NUMBER_INTEGER,
+                256,
+                minValue=64,
+                maxValue=2048,
+            ),
+            QgsProcessingParameterNumber(
+                self.LEARNING_RATE,
+                self.tr("Learning rate"),
+                NUMBER_DOUBLE,
+                self.default_learning_rate(),
+                minValue=1e-6,
+                maxValue=1.0,
+            ),
+            QgsProcessingParameterNumber(
+                self.MAX_MINUTES, self.tr("Stop after (minutes, 0: no limit)"), NUMBER_DOUBLE, 0.0, minValue=0.0
+            ),
+            QgsProcessingParameterEnum(
+                self.AUGMENTATION,
+                self.tr("Augmentation"),
+                options=list(AUGMENTATIONS),
+                defaultValue=AUGMENTATIONS[0],
+                usesStaticStrings=True,
+            ),
+            QgsProcessingParameterFolderDestination(
+                self.OUTPUT_FOLDER,
+                self.tr("Model folder (empty: user model folder)"),
+                optional=True,
+                createByDefault=False,
+            ),
         ]
         for parameter in advanced:
             parameter.setFlags(parameter.flags() | FLAG_ADVANCED)
@@ -98,7 +125,10 @@ class TrainModelAlgorithm(FootprintAlgorithm):
     def add_model_parameter(self) -> None:
         self.addParameter(
             QgsProcessingParameterEnum(
-                self.ARCHITECTURE, self.tr("Architecture"), options=ARCHITECTURES, defaultValue=ARCHITECTURES[0],
+                self.ARCHITECTURE,
+                self.tr("Architecture"),
+                options=ARCHITECTURES,
+                defaultValue=ARCHITECTURES[0],
                 usesStaticStrings=True,
             )
         )
@@ -113,6 +143,7 @@ class TrainModelAlgorithm(FootprintAlgorithm):
     def perform(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
+        from ..core.modelcard import check_new_model_name
         from ..core.training import TrainingConfig, TrainingPair, train_model
 
         rasters = self.parameterAsLayerList(parameters, self.INPUT, context)
@@ -123,14 +154,11 @@ class TrainModelAlgorithm(FootprintAlgorithm):
         if labels is None:
             raise QgsProcessingException(self.invalidSourceError(parameters, self.BUILDINGS))
         aoi = source_path(self, parameters, self.AOI, context, feedback)
-        name = self.parameterAsString(parameters, self.NAME_PARAM, context).strip()
-        if not name or any(c in name for c in '/\\:*?"<>| '):
-            raise QgsProcessingException("Give the model a name without spaces or / \\ : * ? \" < > | (e.g. my_town).")
+        name = check_new_model_name(self.parameterAsString(parameters, self.NAME_PARAM, context).strip())
         out_folder = self.parameterAsString(parameters, self.OUTPUT_FOLDER, context) or None
         max_minutes = self.parameterAsDouble(parameters, self.MAX_MINUTES, context)
         pairs = [
-            TrainingPair(raster=raster, labels=Path(labels), aoi=Path(aoi) if aoi else None)
-            for raster in raster_paths
+            TrainingPair(raster=raster, labels=Path(labels), aoi=Path(aoi) if aoi else None) for raster in raster_paths
         ]
         config = TrainingConfig(
             out_name=name,
@@ -146,7 +174,9 @@ class TrainModelAlgorithm(FootprintAlgorithm):
             **self.model_settings(parameters, context),
         )
         adapter = FeedbackAdapter(feedback)
-        result = train_model(pairs, config, progress=adapter.progress, is_canceled=adapter.is_canceled, log=feedback.pushInfo)
+        result = train_model(
+            pairs, config, progress=adapter.progress, is_canceled=adapter.is_canceled, log=feedback.pushInfo
+        )
         metrics = json.dumps(result.metrics, default=str)
         feedback.pushInfo(f"Model card: {result.card_path}")
         feedback.pushInfo(f"Best epoch: {result.best_epoch}; metrics: {metrics}")
@@ -154,7 +184,9 @@ class TrainModelAlgorithm(FootprintAlgorithm):
         if report:
             feedback.pushInfo(f"Training report: {report}")
             if hasattr(feedback, "pushFormattedMessage"):
-                feedback.pushFormattedMessage(f'<img src="{Path(report).as_uri()}" width="640">', f"Training report: {report}")
+                feedback.pushFormattedMessage(
+                    f'<img src="{Path(report).as_uri()}" width="640">', f"Training report: {report}"
+                )
         return {
             "MODEL_CARD": str(result.card_path),
             "REPORT": report,
