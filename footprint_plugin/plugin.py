@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from qgis.core import Qgis, QgsApplication, QgsRasterLayer
+from qgis.PyQt.QtCore import QTimer
 from qgis.PyQt.QtGui import QIcon
 
 try:
@@ -19,6 +20,7 @@ from .core.modelcard import USER_MODELS_ENV
 from .processing.base import ICON_PATH
 
 MENU = "&Building Footprints"
+MESSAGE_DELAY_MS = 300
 TITLE = "Building Footprints"
 
 
@@ -170,23 +172,23 @@ class FootprintPlugin:
         from .gui.messages import user_warnings
 
         if run.canceled():
-            self._message(f"Detection in {layer_name} canceled; nothing was added.", Qgis.MessageLevel.Info)
-            return
-        if not ok:
-            self._message(f"Detection failed: {run.error_text()}", Qgis.MessageLevel.Critical, 0)
-            return
-        for warning in user_warnings(run.warnings):
-            self._message(warning, Qgis.MessageLevel.Warning, 20)
-        count = int(results.get("N_BUILDINGS", 0))
-        # Pushed last, so it is on top of the bar, and kept until closed: neither the warnings nor QGIS's
-        # own "Task complete" notice may hide the result.
-        self._message(
-            f"{count} building{'' if count == 1 else 's'} found in {layer_name} in {results.get('SECONDS', 0):.1f} s "
-            f"({results.get('MP_PER_S', 0):.2f} MP/s) on {results.get('DEVICE_USED', '?')} "
-            f"with {results.get('MODEL_USED', '?')}.",
-            Qgis.MessageLevel.Success,
-            0,
-        )
+            text, level, duration = f"Detection in {layer_name} canceled; nothing was added.", Qgis.MessageLevel.Info, 8
+            messages = [(text, level, duration)]
+        elif not ok:
+            messages = [(f"Detection failed: {run.error_text()}", Qgis.MessageLevel.Critical, 0)]
+        else:
+            count = int(results.get("N_BUILDINGS", 0))
+            summary = (
+                f"{count} building{'' if count == 1 else 's'} found in {layer_name} in {results.get('SECONDS', 0):.1f} s "
+                f"({results.get('MP_PER_S', 0):.2f} MP/s) on {results.get('DEVICE_USED', '?')} "
+                f"with {results.get('MODEL_USED', '?')}."
+            )
+            # Warnings first and the summary last, kept until closed, so it is the one on top.
+            messages = [(w, Qgis.MessageLevel.Warning, 20) for w in user_warnings(run.warnings)]
+            messages.append((summary, Qgis.MessageLevel.Success, 0))
+        # After QGIS's own "Task complete" notice, which it pushes once this task's status changes: ours
+        # must land above it, not under it.
+        QTimer.singleShot(MESSAGE_DELAY_MS, lambda: [self._message(*message) for message in messages])
 
     # --- Other dialogs ----------------------------------------------------------------------------------
     def show_train_dialog(self) -> None:

@@ -22,7 +22,7 @@ import shapely
 from tests.conftest import REPO_ROOT, synthetic_buildings, write_geotiff
 
 TILE = 192  # pixels per tile side; the mosaic is 384 x 384
-BLOCK = 144  # block cores of 3 x 48 px (the test model's stride): 3 x 3 blocks over the mosaic
+BLOCK = 240  # block cores of 5 x 48 px (the test model's stride): 2 x 2 blocks, seams at 240 px, not 192
 ORIGIN = (600000.0, 5750000.0)
 # (row, col, height, width) of roofs drawn across the tile edges (at 192 px), in mosaic pixels.
 CROSSING = [(170, 40, 30, 24), (60, 175, 22, 34), (178, 178, 28, 28), (300, 180, 20, 26), (182, 300, 24, 30)]
@@ -158,7 +158,7 @@ def test_adjacent_tiles_give_the_mosaic_result_and_no_building_is_cut(job_data, 
 
     _folder, card_path, tiles = job_data
     result, out = serial_run
-    assert (result.n_tiles, result.n_mosaics, result.blocks_total, result.blocks_failed) == (4, 1, 9, [])
+    assert (result.n_tiles, result.n_mosaics, result.blocks_total, result.blocks_failed) == (4, 1, 4, [])
     assert out.exists() and not (out.parent / (out.name + ".job")).exists()  # job folder removed on success
     # Reference: detection on the mosaic as one raster.
     mosaic = tmp_path / "mosaic.vrt"
@@ -238,7 +238,7 @@ def test_local_cluster_matches_serial_and_survives_a_killed_worker(job_data, ser
         on_status=kill_a_busy_worker,
     )
     assert killed, "no worker was busy to be killed"
-    assert second.blocks_failed == [] and second.blocks_run == 9
+    assert second.blocks_failed == [] and second.blocks_run == 4
     assert canonical(second.geometries) == canonical(reference.geometries)
     assert killed[0] not in worker_pids(client).values()  # the nanny started a fresh worker
 
@@ -283,21 +283,21 @@ def test_resume_after_a_kill_skips_finished_blocks(job_data, serial_run, tmp_pat
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
         done = [p for p in blocks.glob("*.tif") if not p.name.startswith(".")] if blocks.is_dir() else []
-        if len(done) >= 3:
+        if len(done) >= 2:
             break
         time.sleep(0.05)
     assert process.poll() is None, "the job ended before it could be killed"
     process.send_signal(signal.SIGKILL)
     process.wait()
     finished = {p.name for p in blocks.glob("*.tif") if not p.name.startswith(".")}
-    assert 3 <= len(finished) < 9 and not out.exists()
+    assert 2 <= len(finished) < 4 and not out.exists()
 
     resumed = subprocess.run(
         _cli(args + ["--resume"]), env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=180
     )
     assert resumed.returncode == 0, resumed.stderr
     summary = json.loads(resumed.stdout.strip().splitlines()[-1])
-    assert summary["blocks_resumed"] == len(finished) and summary["blocks_run"] == 9 - len(finished)
+    assert summary["blocks_resumed"] == len(finished) and summary["blocks_run"] == 4 - len(finished)
     assert "Resuming" in resumed.stderr
     assert canonical(read_layer(out).geometries) == canonical(reference.geometries)
 
@@ -324,7 +324,7 @@ def test_a_corrupt_tile_is_reported_and_the_job_completes(job_data, serial_run, 
     data = far.read_bytes()
     (folder / "truncated.tif").write_bytes(data[: len(data) // 2])
     inference, polygons = _options()
-    # One block of the whole mosaic this time: the same buildings as with 3 x 3 blocks.
+    # One block of the whole mosaic this time: the same buildings as with 2 x 2 blocks.
     result = run_batch(
         [folder],
         tmp_path / "out.gpkg",

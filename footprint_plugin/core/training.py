@@ -3,6 +3,10 @@
 The result is a new model in the user model folder (weights + card), a training report PNG and
 a JSON log. Validation each epoch runs the real post-processing (polygons) and scores object F1
 at IoU 0.5, so the checkpoint kept is the one that draws the best buildings, not the best pixels.
+
+train_model runs a Trainer, whose stages (configure card, data, model, optimizer; resume; fit =
+train epochs of TrainingStep + validate + checkpoint + early stopping; calibrate the threshold;
+write the outputs) each stay small; the epoch loop's state is a TrainingState.
 """
 
 from __future__ import annotations
@@ -125,20 +129,17 @@ class TrainingResult:
 
 
 def _select_device(name: str) -> torch.device:
-    try:
-        from .device import select_device
+    from .device import select_device
 
-        return torch.device(select_device(name).device)
-    except ImportError:
-        if name == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(name)
+    return torch.device(select_device(name).device)
 
 
 def _band_roles(count: int, sensor: str) -> list[str]:
     if sensor == "SAR":
         return [f"sar{i + 1}" for i in range(count)]
-    return {1: ["pan"], 3: ["red", "green", "blue"], 4: ["red", "green", "blue", "nir"]}.get(count, [f"band{i + 1}" for i in range(count)])
+    return {1: ["pan"], 3: ["red", "green", "blue"], 4: ["red", "green", "blue", "nir"]}.get(
+        count, [f"band{i + 1}" for i in range(count)]
+    )
 
 
 def _default_scaling(sensor: str) -> dict[str, Any]:
@@ -148,38 +149,33 @@ def _default_scaling(sensor: str) -> dict[str, Any]:
     return {"method": "percentile", "low": 2, "high": 98}
 
 
+def _setting_problems(config: TrainingConfig) -> list[str]:
+    """The numeric and choice settings that are out of range, each as a phrase saying what is allowed."""
+    policies = ", ".join(repr(a) for a in AUGMENTATION_POLICIES)
+    checks = (
+        (config.epochs < 1, "epochs must be at least 1"),
+        (config.batch_size < 1, "batch size must be at least 1"),
+        (config.chip_size < 32 or config.chip_size % 32 != 0, "chip size must be a multiple of 32 (at least 32)"),
+        (config.heads not in (1, 3), "heads must be 1 or 3"),
+        (not 0.0 <= config.empty_chip_ratio <= 1.0, "empty chip ratio must be between 0 and 1"),
+        (not 0.0 < config.val_fraction < 1.0, "validation fraction must be between 0 and 1"),
+        (config.loss not in ("bce", "focal"), "loss must be 'bce' or 'focal'"),
+        (config.augmentation not in AUGMENTATION_POLICIES, f"augmentation must be one of {policies}"),
+        (config.sensor not in ("EO", "SAR"), "sensor must be EO or SAR"),
+        (config.precision not in ("auto", "fp32"), "precision must be 'auto' or 'fp32'"),
+        (config.encoder_weights not in ENCODER_WEIGHTS, f"encoder weights must be one of {', '.join(ENCODER_WEIGHTS)}"),
+        (not 0.0 < config.encoder_lr_factor <= 1.0, "the encoder learning-rate factor must be in (0, 1]"),
+    )
+    return [message for failed, message in checks if failed]
+
+
 def _check_config(config: TrainingConfig, pairs: Sequence[TrainingPair]) -> None:
-    problems = []
-    if not pairs:
-        problems.append("give at least one (raster, labels) pair")
+    problems = [] if pairs else ["give at least one (raster, labels) pair"]
     try:
         check_model_name(config.out_name)
     except ModelError as exc:
         problems.append(str(exc).rstrip("."))
-    if config.epochs < 1:
-        problems.append("epochs must be at least 1")
-    if config.batch_size < 1:
-        problems.append("batch size must be at least 1")
-    if config.chip_size < 32 or config.chip_size % 32:
-        problems.append("chip size must be a multiple of 32 (at least 32)")
-    if config.heads not in (1, 3):
-        problems.append("heads must be 1 or 3")
-    if not 0.0 <= config.empty_chip_ratio <= 1.0:
-        problems.append("empty chip ratio must be between 0 and 1")
-    if not 0.0 < config.val_fraction < 1.0:
-        problems.append("validation fraction must be between 0 and 1")
-    if config.loss not in ("bce", "focal"):
-        problems.append("loss must be 'bce' or 'focal'")
-    if config.augmentation not in AUGMENTATION_POLICIES:
-        problems.append(f"augmentation must be one of {', '.join(repr(a) for a in AUGMENTATION_POLICIES)}")
-    if config.sensor not in ("EO", "SAR"):
-        problems.append("sensor must be EO or SAR")
-    if config.precision not in ("auto", "fp32"):
-        problems.append("precision must be 'auto' or 'fp32'")
-    if config.encoder_weights not in ENCODER_WEIGHTS:
-        problems.append(f"encoder weights must be one of {', '.join(ENCODER_WEIGHTS)}")
-    if not 0.0 < config.encoder_lr_factor <= 1.0:
-        problems.append("the encoder learning-rate factor must be in (0, 1]")
+    problems += _setting_problems(config)
     if problems:
         raise InputError("Invalid training settings: " + "; ".join(problems) + ".")
 
@@ -208,7 +204,10 @@ def uses_imagenet(config: TrainingConfig) -> bool:
     return True
 
 
-def _build_card(config: TrainingConfig, pairs: Sequence[TrainingPair], base: Optional[ModelCard]) -> ModelCard:
+def _input_channels(
+    config: TrainingConfig, pairs: Sequence[TrainingPair], base: Optional[ModelCard]
+) -> tuple[int, bool]:
+    """The model's input band count and whether it may read panchromatic rasters; refuses mixed band counts."""
     infos = {str(p.raster): raster_info(p.raster) for p in pairs}
     counts = {str(p.raster): infos[str(p.raster)]["count"] for p in pairs}
     test_names = set(config.test_areas or [])
@@ -225,61 +224,81 @@ def _build_card(config: TrainingConfig, pairs: Sequence[TrainingPair], base: Opt
         if count == in_channels or (count == 1 and allow_pan):
             continue
         listing = ", ".join(f"{Path(p).name}: {c}" for p, c in counts.items())
-        expected = f"the base model needs {in_channels}" if base is not None else "all rasters of one run need the same number"
+        if base is not None:
+            expected = f"the base model needs {in_channels}"
+        else:
+            expected = "all rasters of one run need the same number"
         raise InputError(
             f"Rasters have different band counts ({listing}); {expected}. "
             "Export the rasters with the same bands (e.g. Raster > Extraction > Clip or Translate with band selection)."
         )
-    if base is not None:
-        if config.heads != 1 and len(base.heads) != config.heads:
-            raise InputError(f"The base model '{base.name}' has {len(base.heads)} head(s); fine-tuning keeps them. Leave heads at its value.")
-        gsd = config.gsd_m or base.gsd_m
-        card = ModelCard(
-            name=config.out_name,
-            architecture=base.architecture,
-            in_channels=base.in_channels,
-            out_channels=base.out_channels,
-            band_roles=list(base.band_roles),
-            sensor=base.sensor,
-            scaling=copy.deepcopy(config.scaling or base.scaling),
-            gsd_m=gsd,
-            tile_size=base.tile_size,
-            overlap=base.overlap,
-            threshold=config.threshold,
-            tta=base.tta,
-            heads=list(base.heads),
-            allow_panchromatic=allow_pan,
-        )
-    else:
-        from . import raster_io
+    return in_channels, allow_pan
 
-        gsd = config.gsd_m
-        if gsd is None:
-            with raster_io.opened(pairs[0].raster) as dataset:
-                source_gsd = raster_io.raster_gsd_m(dataset)
-            if source_gsd is None:
-                raise InputError(
-                    f"{Path(pairs[0].raster).name} has no usable CRS, so its ground sample distance is unknown. "
-                    "Assign one in QGIS (Raster > Projections > Assign Projection) or set the model GSD."
-                )
-            gsd = round(source_gsd, 4)
-        heads = list(heads_for(config.heads))
-        card = ModelCard(
-            name=config.out_name,
-            architecture=config.arch,
-            in_channels=in_channels,
-            out_channels=len(heads),
-            band_roles=_band_roles(in_channels, config.sensor),
-            sensor=config.sensor,
-            scaling=copy.deepcopy(config.scaling or _default_scaling(config.sensor)),
-            gsd_m=float(gsd),
-            tile_size=config.tile_size,
-            overlap=config.tile_size // 8,
-            threshold=config.threshold,
-            tta="lr" if config.sensor == "SAR" and config.tta == "d4" else config.tta,
-            heads=heads,
-            allow_panchromatic=allow_pan,
+
+def _card_from_base(config: TrainingConfig, base: ModelCard, allow_pan: bool) -> ModelCard:
+    """Fine-tuning keeps the base model's architecture, bands, heads and tiling."""
+    if config.heads != 1 and len(base.heads) != config.heads:
+        raise InputError(
+            f"The base model '{base.name}' has {len(base.heads)} head(s); fine-tuning keeps them. Leave heads at its value."
         )
+    return ModelCard(
+        name=config.out_name,
+        architecture=base.architecture,
+        in_channels=base.in_channels,
+        out_channels=base.out_channels,
+        band_roles=list(base.band_roles),
+        sensor=base.sensor,
+        scaling=copy.deepcopy(config.scaling or base.scaling),
+        gsd_m=config.gsd_m or base.gsd_m,
+        tile_size=base.tile_size,
+        overlap=base.overlap,
+        threshold=config.threshold,
+        tta=base.tta,
+        heads=list(base.heads),
+        allow_panchromatic=allow_pan,
+    )
+
+
+def _source_gsd(raster: Path) -> float:
+    from . import raster_io
+
+    with raster_io.opened(raster) as dataset:
+        source_gsd = raster_io.raster_gsd_m(dataset)
+    if source_gsd is None:
+        raise InputError(
+            f"{Path(raster).name} has no usable CRS, so its ground sample distance is unknown. "
+            "Assign one in QGIS (Raster > Projections > Assign Projection) or set the model GSD."
+        )
+    return round(source_gsd, 4)
+
+
+def _new_card(config: TrainingConfig, pairs: Sequence[TrainingPair], in_channels: int, allow_pan: bool) -> ModelCard:
+    gsd = config.gsd_m if config.gsd_m is not None else _source_gsd(pairs[0].raster)
+    heads = list(heads_for(config.heads))
+    return ModelCard(
+        name=config.out_name,
+        architecture=config.arch,
+        in_channels=in_channels,
+        out_channels=len(heads),
+        band_roles=_band_roles(in_channels, config.sensor),
+        sensor=config.sensor,
+        scaling=copy.deepcopy(config.scaling or _default_scaling(config.sensor)),
+        gsd_m=float(gsd),
+        tile_size=config.tile_size,
+        overlap=config.tile_size // 8,
+        threshold=config.threshold,
+        tta="lr" if config.sensor == "SAR" and config.tta == "d4" else config.tta,
+        heads=heads,
+        allow_panchromatic=allow_pan,
+    )
+
+
+def _build_card(config: TrainingConfig, pairs: Sequence[TrainingPair], base: Optional[ModelCard]) -> ModelCard:
+    in_channels, allow_pan = _input_channels(config, pairs, base)
+    if base is not None:
+        card = _card_from_base(config, base, allow_pan)
+    else:
+        card = _new_card(config, pairs, in_channels, allow_pan)
     card.version = config.version
     card.description = config.description
     card.training_data = list(config.training_data)
@@ -301,7 +320,9 @@ def _split(rasters: list[PreparedRaster], config: TrainingConfig, log: LogCallba
     for label, wanted in (("validation", config.val_areas), ("test", config.test_areas)):
         unknown = sorted(set(wanted or []) - names)
         if unknown:
-            raise InputError(f"Unknown {label} area(s) {', '.join(unknown)}. Areas in this run: {', '.join(sorted(names))}.")
+            raise InputError(
+                f"Unknown {label} area(s) {', '.join(unknown)}. Areas in this run: {', '.join(sorted(names))}."
+            )
     for raster in rasters:
         if raster.name in set(config.test_areas or []):
             raster.role = "test"
@@ -329,7 +350,9 @@ def _dice_loss(probabilities: torch.Tensor, targets: torch.Tensor, weight: torch
     return 1.0 - (2.0 * intersection + 1.0) / (total + 1.0)
 
 
-def compute_loss(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, heads: Sequence[str], kind: str = "bce") -> torch.Tensor:
+def compute_loss(
+    logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, heads: Sequence[str], kind: str = "bce"
+) -> torch.Tensor:
     """Masked (BCE or focal) + Dice per head, weighted by head. weight: (B,1,H,W) 0/1 supervision."""
     logits = logits.float()
     bce = functional.binary_cross_entropy_with_logits(logits, targets, reduction="none")
@@ -343,18 +366,40 @@ def compute_loss(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tens
     return ((pixel_term + dice_term) * head_weights).sum() / head_weights.sum()
 
 
+# torch.optim.lr_scheduler.OneCycleLR's documented defaults: the rate starts at max_lr / div_factor and
+# ends at that start / final_div_factor.
+ONE_CYCLE_DIV_FACTOR = 25.0
+ONE_CYCLE_FINAL_DIV_FACTOR = 1e4
+
+
+def _annealing_cos(start: float, end: float, pct: float) -> float:
+    """OneCycleLR's cosine annealing (anneal_strategy="cos") from start to end as pct goes from 0 to 1."""
+    return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1.0)
+
+
 def one_cycle_lr(base_lr: float, fraction: float, warmup: float = 0.1) -> float:
-    """Warm up linearly from base/25, then cosine down to base/1000 (the one-cycle shape)."""
+    """The rate OneCycleLR(max_lr=base_lr, pct_start=warmup) gives at `fraction` of the run.
+
+    OneCycleLR's own formula and default div_factor/final_div_factor (two phases, cosine up from
+    base/25, then cosine down to base/250000), evaluated at a fraction rather than a step count:
+    with a time budget the position is max(step fraction, elapsed / budget), which a step-counting
+    scheduler cannot follow. Momentum is not cycled (OneCycleLR would also cycle AdamW's beta1).
+    """
     fraction = min(max(fraction, 0.0), 1.0)
+    initial_lr = base_lr / ONE_CYCLE_DIV_FACTOR
     if fraction < warmup:
-        return base_lr / 25.0 + (base_lr - base_lr / 25.0) * fraction / warmup
-    cosine = 0.5 * (1.0 + math.cos(math.pi * (fraction - warmup) / (1.0 - warmup)))
-    return base_lr / 1000.0 + (base_lr - base_lr / 1000.0) * cosine
+        return _annealing_cos(initial_lr, base_lr, fraction / warmup)
+    return _annealing_cos(base_lr, initial_lr / ONE_CYCLE_FINAL_DIV_FACTOR, (fraction - warmup) / (1.0 - warmup))
 
 
 @torch.no_grad()
 def predict_array(
-    model: torch.nn.Module, image: np.ndarray, device: torch.device, tile: int = 512, overlap: int = 64, batch_size: int = 4
+    model: torch.nn.Module,
+    image: np.ndarray,
+    device: torch.device,
+    tile: int = 512,
+    overlap: int = 64,
+    batch_size: int = 4,
 ) -> np.ndarray:
     """Sigmoid probabilities (K, H, W) for an in-memory (C, H, W) image.
 
@@ -372,7 +417,9 @@ def predict_array(
         group = windows[first : first + batch_size]
         batch = np.stack([pad_tile(image[:, r : r + tile_h, c : c + tile_w], tile_h, tile_w) for r, c in group])
         with torch.no_grad():
-            probabilities = torch.sigmoid(model(torch.from_numpy(np.ascontiguousarray(batch)).to(device)).float()).cpu().numpy()
+            probabilities = (
+                torch.sigmoid(model(torch.from_numpy(np.ascontiguousarray(batch)).to(device)).float()).cpu().numpy()
+            )
         if accumulated is None:
             accumulated = np.zeros((probabilities.shape[1], rows, cols), np.float32)
         for (r, c), probability in zip(group, probabilities):
@@ -469,8 +516,12 @@ def _summarise(per_area: dict[str, dict[str, Any]], split: str) -> dict[str, flo
     tp, fp, fn = (sum(e[k] for e in entries) for k in ("tp", "fp", "fn"))
     scores = scores_from_counts(tp, fp, fn)
     return {
-        "f1": round(scores.f1, 4), "precision": round(scores.precision, 4), "recall": round(scores.recall, 4),
-        "tp": tp, "fp": fp, "fn": fn,
+        "f1": round(scores.f1, 4),
+        "precision": round(scores.precision, 4),
+        "recall": round(scores.recall, 4),
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
     }
 
 
@@ -481,11 +532,26 @@ def _summarise(per_area: dict[str, dict[str, Any]], split: str) -> dict[str, flo
 def _signature(config: TrainingConfig, pairs: Sequence[TrainingPair]) -> str:
     # Settings that only end up in the card (or only bound the run) do not invalidate a checkpoint.
     ignored = {
-        "resume", "max_minutes", "device", "precision", "out_dir", "patience", "epochs", "training_command", "description",
-        "calibrate_threshold", "tta", "licence", "training_data", "card_extra", "version",
+        "resume",
+        "max_minutes",
+        "device",
+        "precision",
+        "out_dir",
+        "patience",
+        "epochs",
+        "training_command",
+        "description",
+        "calibrate_threshold",
+        "tta",
+        "licence",
+        "training_data",
+        "card_extra",
+        "version",
     }
     settings = {k: v for k, v in asdict(config).items() if k not in ignored}
-    settings["pairs"] = [[str(p.raster.resolve()), str(p.labels.resolve()), str(p.aoi.resolve()) if p.aoi else "", p.name] for p in pairs]
+    settings["pairs"] = [
+        [str(p.raster.resolve()), str(p.labels.resolve()), str(p.aoi.resolve()) if p.aoi else "", p.name] for p in pairs
+    ]
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -506,7 +572,9 @@ def training_amp_dtype(device: torch.device, precision: str) -> Optional[torch.d
 class TrainingStep:
     """One optimizer step: forward under autocast where it pays, the loss, backward (scaled on CUDA fp16), update."""
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device, precision: str) -> None:
+    def __init__(
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device, precision: str
+    ) -> None:
         self.model, self.optimizer, self.device = model, optimizer, device
         self.amp_dtype = training_amp_dtype(device, precision)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype is torch.float16 else None
@@ -515,9 +583,13 @@ class TrainingStep:
     def precision_name(self) -> str:
         return str(self.amp_dtype).replace("torch.", "") if self.amp_dtype is not None else "fp32"
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, heads: Sequence[str], loss_kind: str = "bce") -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, heads: Sequence[str], loss_kind: str = "bce"
+    ) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+        with torch.autocast(
+            self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+        ):
             logits = self.model(x)
         loss = compute_loss(logits, y, w, heads, loss_kind)
         if not torch.isfinite(loss):
@@ -550,6 +622,518 @@ def _checkpoint_path(out_dir: Path, name: str) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
+# Stages of a run
+
+
+def _output_folder(config: TrainingConfig) -> Path:
+    out_dir = Path(config.out_dir) if config.out_dir else user_model_dir()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(
+            f"Cannot create the model folder {out_dir}: {exc}. Choose a folder you can write to."
+        ) from None
+    if not os.access(out_dir, os.W_OK):
+        raise OutputError(f"The model folder {out_dir} is not writable. Choose a folder you can write to.")
+    return out_dir
+
+
+def _prepare_rasters(
+    pairs: Sequence[TrainingPair],
+    card: ModelCard,
+    boundary_width_m: float,
+    is_canceled: Optional[CancelCallback],
+    progress: ProgressCallback,
+    log: LogCallback,
+) -> tuple[list[PreparedRaster], int]:
+    """Every raster read at the model's GSD with its targets, and the number of label polygons repaired."""
+    labels = [p.labels.resolve() for p in pairs]
+    # A label layer shared by several rasters need only overlap one of them.
+    shared_labels = {path for path in labels if labels.count(path) > 1}
+    rasters: list[PreparedRaster] = []
+    n_fixed = 0
+    for index, pair in enumerate(pairs):
+        check_canceled(is_canceled)
+        raster = prepare_raster(
+            pair.raster,
+            pair.labels,
+            pair.aoi,
+            pair.name,
+            card,
+            list(card.heads),
+            boundary_width_m,
+            require_overlap=labels[index] not in shared_labels,
+        )
+        n_fixed += raster.n_fixed
+        for warning in raster.warnings:
+            log(f"Warning: {warning}")
+        rasters.append(raster)
+        progress((index + 1) / len(pairs))
+    for labels_path in shared_labels:
+        group = [r for r, path in zip(rasters, labels) if path == labels_path]
+        if not any(r.n_labels_in_raster for r in group):
+            raise InputError(
+                f"No polygon of {labels_path.name} overlaps any of its {len(group)} rasters. Check that the labels "
+                "belong to these rasters; labels in another CRS are reprojected automatically."
+            )
+    if n_fixed:
+        log(f"Repaired {n_fixed} invalid label polygon(s) with make_valid.")
+    n_buildings = sum(r.n_labels_in_raster for r in rasters)
+    log(f"Prepared {len(rasters)} raster(s) at {card.gsd_m} m/pixel: {n_buildings} labelled buildings.")
+    return rasters, n_fixed
+
+
+def _read_checkpoint(path: Path, device: torch.device, signature: str, log: LogCallback) -> Optional[dict[str, Any]]:
+    """The checkpoint of an interrupted run with the same settings, else None (the run starts over)."""
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a broken checkpoint only means starting over
+        log(f"Ignoring unreadable checkpoint {path.name} ({exc}); starting over.")
+        return None
+    if state.get("signature") != signature:
+        log("A checkpoint from different settings exists; starting over.")
+        return None
+    return state
+
+
+@dataclass
+class TrainingState:
+    """What the epoch loop carries from epoch to epoch; a checkpoint stores all of it but the stop reason."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_state: Optional[dict[str, torch.Tensor]] = None
+    best_f1: float = -1.0  # the best selection score: validation F1 plus a pixel-IoU tie-break
+    best_epoch: int = 0
+    start_epoch: int = 0
+    elapsed_before: float = 0.0  # seconds trained before this run resumed
+    epochs_without_gain: int = 0
+    stop_reason: str = "epochs"
+
+
+class Trainer:
+    """One training run in stages, like torchgeo's trainers: data, model, optimizer and schedule,
+    step, validation, checkpoint, early stopping, threshold calibration, then card and report.
+
+    run() calls the stages in order; each sets the attributes the next ones read.
+    """
+
+    out_dir: Path
+    imagenet: bool
+    base: Optional[ModelCard]
+    card: ModelCard
+    heads: list[str]
+    rasters: list[PreparedRaster]
+    n_fixed: int
+    sampler: ChipSampler
+    chips_per_epoch: int
+    batches_per_epoch: int
+    augment_options: AugmentOptions
+    has_validation: bool
+    device: torch.device
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    step_once: TrainingStep
+    signature: str
+    checkpoint_path: Path
+    budget_s: Optional[float]
+    train_progress: ProgressCallback
+
+    def __init__(
+        self,
+        pairs: Sequence[TrainingPair],
+        config: TrainingConfig,
+        progress: Optional[ProgressCallback] = None,
+        is_canceled: Optional[CancelCallback] = None,
+        log: Optional[LogCallback] = None,
+    ) -> None:
+        self.config = config
+        self.pairs = [p if isinstance(p, TrainingPair) else TrainingPair(*p) for p in pairs]
+        self.progress: ProgressCallback = progress or (lambda _fraction: None)
+        self.is_canceled = is_canceled
+        self.log: LogCallback = log or (lambda _message: None)
+        self.state = TrainingState()
+        self.started = time.monotonic()
+
+    def run(self) -> TrainingResult:
+        _check_config(self.config, self.pairs)
+        self.imagenet = uses_imagenet(self.config)
+        self.out_dir = _output_folder(self.config)
+        self.configure_card()
+        torch.manual_seed(self.config.seed)
+        self.started = time.monotonic()
+        self.configure_data()
+        self.configure_model()
+        self.configure_optimizer()
+        self.resume()
+        self.fit()
+        assert self.state.best_state is not None  # fit() raises CanceledError otherwise
+        self.model.load_state_dict(self.state.best_state)
+        finish_progress = sub_progress(self.progress, 0.92, 1.0)
+        threshold_search = self.calibrate_threshold()
+        finish_progress(0.3)
+        per_area = evaluate_rasters(self.model, self.rasters, self.card, self.device, ("val", "test"), self.is_canceled)
+        finish_progress(0.5)
+        self.card.metrics = self.final_metrics(per_area, threshold_search)
+        self.card.extra["training"] = self.training_summary()
+        result = self.write_outputs()
+        finish_progress(1.0)
+        return result
+
+    # -- configuration ---------------------------------------------------------------------
+
+    def configure_card(self) -> None:
+        config = self.config
+        self.base = find_model(config.base_model) if config.base_model else None
+        self.card = _build_card(config, self.pairs, self.base)
+        if self.base is None:
+            self.card.extra["encoder_init"] = "ImageNet" if self.imagenet else "random"
+        self.heads = list(self.card.heads)
+
+    def configure_data(self) -> None:
+        """Prepare the rasters, split the areas, set up the chip sampler and augmentation."""
+        config = self.config
+        prepare_progress = sub_progress(self.progress, 0.0, 0.08)
+        self.rasters, self.n_fixed = _prepare_rasters(
+            self.pairs, self.card, config.boundary_width_m, self.is_canceled, prepare_progress, self.log
+        )
+        _split(self.rasters, config, self.log)
+        training = [r for r in self.rasters if r.role == "train"]
+        self.sampler = ChipSampler(training, config.chip_size, config.empty_chip_ratio)
+        self.chips_per_epoch = config.chips_per_epoch or self.sampler.auto_chips_per_epoch(config.batch_size)
+        self.batches_per_epoch = max(1, math.ceil(self.chips_per_epoch / config.batch_size))
+        self.augment_options = AugmentOptions.for_policy(self.card.sensor, config.augmentation)
+        self.has_validation = any(r.eval_mask() is not None and r.role != "test" for r in self.rasters)
+        if not self.has_validation:
+            self.log("Warning: no validation pixels (areas too small to split); the last epoch is kept.")
+
+    def configure_model(self) -> None:
+        """The base model to fine-tune, or a new one (from ImageNet weights where uses_imagenet says so)."""
+        config = self.config
+        self.device = _select_device(config.device)
+        if self.base is not None:
+            from .zoo import load_model
+
+            self.model = load_model(self.base, self.device)
+        else:
+            from .models import create_model
+
+            self.model = create_model(
+                self.card.architecture, self.card.in_channels, self.card.out_channels, imagenet=self.imagenet
+            )
+            if self.imagenet:
+                self.log(
+                    f"Encoder starts from ImageNet weights; its learning rate is {config.encoder_lr_factor:g} x the decoder's."
+                )
+            elif config.encoder_weights == "random" and self.card.architecture in PRETRAINED_WHEELS:
+                self.log(
+                    "Warning: training from random weights as asked; ImageNet weights generalise much better to new areas."
+                )
+        self.model.to(self.device)
+
+    def configure_optimizer(self) -> None:
+        """AdamW over the parameter groups (each with its lr_factor); one_cycle_lr sets the rates each step."""
+        config = self.config
+        groups = _parameter_groups(self.model, config, self.imagenet)
+        self.optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+        self.step_once = TrainingStep(self.model, self.optimizer, self.device, config.precision)
+
+    # -- checkpoint ------------------------------------------------------------------------
+
+    def resume(self) -> None:
+        """Continue from the checkpoint of an interrupted run with the same settings, if there is one."""
+        self.signature = _signature(self.config, self.pairs)
+        self.checkpoint_path = _checkpoint_path(self.out_dir, self.config.out_name)
+        if not self.config.resume:
+            return
+        saved = _read_checkpoint(self.checkpoint_path, self.device, self.signature, self.log)
+        if saved is None:
+            return
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        state = self.state
+        state.best_state = saved["best_state"]
+        state.best_f1, state.best_epoch = float(saved["best_f1"]), int(saved["best_epoch"])
+        state.start_epoch, state.elapsed_before = int(saved["epoch"]), float(saved["elapsed_s"])
+        state.history = json.loads(saved["history"])
+        if state.history:
+            state.epochs_without_gain = state.start_epoch - state.best_epoch
+        self.log(
+            f"Resuming from epoch {state.start_epoch} (best validation F1 {state.best_f1:.3f} at epoch {state.best_epoch})."
+        )
+
+    def save_checkpoint(self, epochs_done: int) -> None:
+        state = self.state
+        save_torch_atomically(
+            {
+                "signature": self.signature,
+                "epoch": epochs_done,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "best_state": state.best_state,
+                "best_f1": state.best_f1,
+                "best_epoch": state.best_epoch,
+                "elapsed_s": self.elapsed(),
+                "history": json.dumps(state.history),
+            },
+            self.checkpoint_path,
+        )
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def elapsed(self, now: Optional[float] = None) -> float:
+        """Seconds trained, including those before a resume."""
+        return self.state.elapsed_before + ((time.monotonic() if now is None else now) - self.started)
+
+    def _with_budget(self, fraction: float) -> float:
+        """A step fraction moved on to the share of the time budget used, when there is a budget."""
+        if self.budget_s is None:
+            return fraction
+        return max(fraction, self.elapsed() / self.budget_s)
+
+    def fit(self) -> None:
+        """Train epoch by epoch until the epochs, the time budget or the patience run out."""
+        config, state = self.config, self.state
+        self.budget_s = config.max_minutes * 60.0 if config.max_minutes else None
+        self.train_progress = sub_progress(self.progress, 0.08, 0.92)
+        self.log_start()
+        for epoch in range(state.start_epoch, config.epochs):
+            epoch_started = time.monotonic()
+            if self.budget_s is not None and self.elapsed(epoch_started) >= self.budget_s:
+                state.stop_reason = "time budget"
+                break
+            record = self.train_epoch(epoch, epoch_started)
+            improved = self.validate(epoch, record, epoch_started)
+            self.log_epoch(record, improved)
+            self.save_checkpoint(epoch + 1)
+            if self.should_stop_early():
+                state.stop_reason = f"early stopping (no gain for {config.patience} epochs)"
+                break
+        check_canceled(self.is_canceled)
+        if state.best_state is None:
+            raise CanceledError(
+                "Training stopped before the first epoch finished (time budget too small); nothing was written."
+            )
+        self.log(f"Stopped: {state.stop_reason}. Best epoch {state.best_epoch}.")
+
+    def log_start(self) -> None:
+        step = self.step_once
+        precision_note = f" with {step.precision_name} mixed precision" if step.amp_dtype is not None else " in fp32"
+        parameters = sum(p.numel() for p in self.model.parameters()) / 1e6
+        self.log(
+            f"Training {self.card.architecture} ({parameters:.1f} M parameters) on {self.device.type}{precision_note}: "
+            f"{self.chips_per_epoch} chips of {self.config.chip_size} px per epoch, up to {self.config.epochs} epochs."
+        )
+
+    def set_encoder_frozen(self, epoch: int) -> bool:
+        """Train mode, with the encoder frozen (weights and BN statistics) for the first freeze_encoder_epochs."""
+        frozen = epoch < self.config.freeze_encoder_epochs
+        encoder = getattr(self.model, "encoder", None)
+        if encoder is None and self.config.freeze_encoder_epochs:
+            raise ModelError(f"Architecture {self.card.architecture} has no .encoder to freeze.")
+        self.model.train()
+        if encoder is not None:
+            for parameter in encoder.parameters():
+                parameter.requires_grad_(not frozen)
+            if frozen:
+                encoder.eval()
+        return frozen
+
+    def train_epoch(self, epoch: int, epoch_started: float) -> dict[str, Any]:
+        """One epoch of optimizer steps; returns the epoch's history record (validation adds to it)."""
+        config = self.config
+        frozen = self.set_encoder_frozen(epoch)
+        # Seeded by epoch, so a resumed run draws the same chips as an uninterrupted one.
+        rng = np.random.default_rng([config.seed, epoch])
+        torch.manual_seed(config.seed * 100_003 + epoch)
+        windows = self.sampler.sample(
+            self.batches_per_epoch * config.batch_size, rng, self.augment_options.scale_jitter
+        )
+        losses = []
+        for batch_index in range(self.batches_per_epoch):
+            check_canceled(self.is_canceled)
+            batch = windows[batch_index * config.batch_size : (batch_index + 1) * config.batch_size]
+            if not batch:
+                break
+            losses.append(self.training_step(epoch, batch_index, batch, rng))
+        return {
+            "epoch": epoch + 1,
+            "train_loss": round(float(np.mean(losses)), 5) if losses else None,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "encoder_frozen": frozen,
+            "train_seconds": round(time.monotonic() - epoch_started, 2),
+        }
+
+    def batch_tensors(
+        self, batch: Sequence[Any], rng: np.random.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Images, targets and supervision weights of the batch's chips, resized and augmented, on the device."""
+        images, targets, weights = [], [], []
+        for window in batch:
+            image, target, weight = self.sampler.extract(window)
+            image, target, weight = resize_chip(image, target, weight, self.config.chip_size)
+            image, target, weight = augment_chip(image, target, weight, rng, self.augment_options)
+            images.append(image)
+            targets.append(target)
+            weights.append(weight)
+        x = torch.from_numpy(np.stack(images)).to(self.device)
+        y = torch.from_numpy(np.stack(targets)).to(self.device)
+        w = torch.from_numpy(np.stack(weights))[:, None].to(self.device)
+        return x, y, w
+
+    def set_learning_rate(self, step: int) -> None:
+        """One-cycle rates at the run's position: the larger of the step fraction and the time-budget fraction."""
+        position = self._with_budget(step / (self.config.epochs * self.batches_per_epoch))
+        for group in self.optimizer.param_groups:
+            group["lr"] = one_cycle_lr(self.config.lr * group.get("lr_factor", 1.0), position)
+
+    def training_step(self, epoch: int, batch_index: int, batch: Sequence[Any], rng: np.random.Generator) -> float:
+        x, y, w = self.batch_tensors(batch, rng)
+        self.set_learning_rate(epoch * self.batches_per_epoch + batch_index)
+        loss = self.step_once(x, y, w, self.heads, self.config.loss)
+        start_epoch = self.state.start_epoch
+        done = (epoch - start_epoch) * self.batches_per_epoch + batch_index + 1
+        self.train_progress(self._with_budget(done / ((self.config.epochs - start_epoch) * self.batches_per_epoch)))
+        return float(loss)
+
+    def validation_score(self, record: dict[str, Any]) -> float:
+        """Validation F1 (real post-processing, IoU 0.5) into the record; returns the selection score."""
+        per_area = evaluate_rasters(
+            self.model, self.rasters, self.card, self.device, roles=("val",), is_canceled=self.is_canceled
+        )
+        summary = _summarise(per_area, "val")
+        ious = [e["pixel_iou"] for e in per_area.values()]
+        record.update(
+            val_f1=summary["f1"],
+            val_precision=summary["precision"],
+            val_recall=summary["recall"],
+            val_pixel_iou=round(float(np.mean(ious)), 4) if ious else 0.0,
+            val_per_area={k: v["f1"] for k, v in per_area.items()},
+        )
+        return summary["f1"] + 1e-3 * record["val_pixel_iou"]  # pixel IoU breaks ties between equal F1s
+
+    def validate(self, epoch: int, record: dict[str, Any], epoch_started: float) -> bool:
+        """Score the epoch (without validation, the latest epoch wins), keep the best weights; True if improved."""
+        state = self.state
+        score = self.validation_score(record) if self.has_validation else float(epoch)
+        record["seconds"] = round(time.monotonic() - epoch_started, 2)
+        state.history.append(record)
+        improved = score > state.best_f1
+        if improved:
+            state.best_f1, state.best_epoch = score, epoch + 1
+            state.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+            state.epochs_without_gain = 0
+        else:
+            state.epochs_without_gain += 1
+        return improved
+
+    def log_epoch(self, record: dict[str, Any], improved: bool) -> None:
+        scores = (
+            f", val F1 {record['val_f1']:.3f}, pixel IoU {record['val_pixel_iou']:.3f}" if self.has_validation else ""
+        )
+        best = " (best)" if improved else ""
+        self.log(
+            f"epoch {record['epoch']}/{self.config.epochs}: loss {record['train_loss']}{scores}{best}, {record['seconds']:.0f} s"
+        )
+
+    def should_stop_early(self) -> bool:
+        return self.has_validation and self.state.epochs_without_gain >= self.config.patience
+
+    # -- after training ----------------------------------------------------------------------
+
+    def calibrate_threshold(self) -> dict[str, float]:
+        """Set the card's threshold to the candidate with the best validation F1; returns F1 by candidate."""
+        if not (self.config.calibrate_threshold and self.has_validation):
+            return {}
+        search: dict[str, float] = {}
+        cache: dict[int, np.ndarray] = {}  # one inference per raster for all candidates
+        for candidate in THRESHOLD_CANDIDATES:
+            scores = evaluate_rasters(
+                self.model,
+                self.rasters,
+                self.card,
+                self.device,
+                ("val",),
+                self.is_canceled,
+                threshold=candidate,
+                cache=cache,
+            )
+            search[f"{candidate:g}"] = _summarise(scores, "val")["f1"]
+        best = max(THRESHOLD_CANDIDATES, key=lambda t: (search[f"{t:g}"], -abs(t - 0.5)))
+        self.log(f"Threshold {best:g} gives the best validation F1 ({search[f'{best:g}']:.3f}).")
+        self.card.threshold = float(best)
+        return search
+
+    def final_metrics(self, per_area: dict[str, dict[str, Any]], threshold_search: dict[str, float]) -> dict[str, Any]:
+        config, state = self.config, self.state
+        metrics: dict[str, Any] = {
+            "iou_threshold": 0.5,
+            "probability_threshold": self.card.threshold,
+            "best_epoch": state.best_epoch,
+            "epochs_trained": len(state.history),
+            "stop_reason": state.stop_reason,
+            "per_area": per_area,
+        }
+        if threshold_search:
+            metrics["threshold_search_val_f1"] = threshold_search
+        if any(e["split"] == "val" for e in per_area.values()):
+            metrics["validation"] = _summarise(per_area, "val")
+        if any(e["split"] == "test" for e in per_area.values()):
+            metrics["test"] = _summarise(per_area, "test")
+        if config.val_areas:
+            metrics["validation_method"] = f"whole areas: {', '.join(config.val_areas)}"
+        else:
+            metrics["validation_method"] = f"spatial block, last {config.val_fraction:.0%} of each area"
+        return metrics
+
+    def training_summary(self) -> dict[str, Any]:
+        """The card's extra["training"]: how this model was trained."""
+        config = self.config
+        return {
+            "areas": sorted({r.name for r in self.rasters if r.role == "train"}),
+            "val_areas": sorted({r.name for r in self.rasters if r.role == "val"}),
+            "test_areas": sorted({r.name for r in self.rasters if r.role == "test"}),
+            "labels_repaired": self.n_fixed,
+            "chip_size": config.chip_size,
+            "augmentation": config.augmentation,
+            "precision": self.step_once.precision_name,
+            "epochs": len(self.state.history),
+            "seed": config.seed,
+            "minutes": round(self.elapsed() / 60.0, 1),
+            "device": self.device.type,
+        }
+
+    def write_outputs(self) -> TrainingResult:
+        """The model and card, the report PNG and JSON log; then the checkpoint goes."""
+        from .report import write_training_log, write_training_report
+        from .zoo import save_model
+
+        config, card, history = self.config, self.card, self.state.history
+        card_path = Path(save_model(self.model.cpu(), card, self.out_dir))
+        weights_path = card_path.parent / card.weights_file
+        reports_dir = self.out_dir / "training_reports"
+        try:
+            reports_dir.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"Cannot create {reports_dir}: {exc}. Free some disk space.") from None
+        report_png = write_training_report(
+            history, reports_dir / f"{config.out_name}.png", title=f"{card.name}: {card.architecture}"
+        )
+        log_json = write_training_log(
+            {
+                "card": card.to_dict(),
+                "history": history,
+                "pairs": [asdict(p) for p in self.pairs],
+                "config": asdict(config),
+            },
+            reports_dir / f"{config.out_name}.json",
+        )
+        self.checkpoint_path.unlink(missing_ok=True)
+        return TrainingResult(card_path, weights_path, card.metrics, report_png, log_json, self.state.best_epoch)
+
+
+# ---------------------------------------------------------------------------------------------
 # Main entry point
 
 
@@ -561,288 +1145,4 @@ def train_model(
     log: Optional[LogCallback] = None,
 ) -> TrainingResult:
     """Train (or fine-tune) a model; write weights + card + report into config.out_dir."""
-    log = log or (lambda _message: None)
-    progress = progress or (lambda _fraction: None)
-    pairs = [p if isinstance(p, TrainingPair) else TrainingPair(*p) for p in pairs]
-    _check_config(config, pairs)
-    imagenet = uses_imagenet(config)
-    out_dir = Path(config.out_dir) if config.out_dir else user_model_dir()
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"Cannot create the model folder {out_dir}: {exc}. Choose a folder you can write to.") from None
-    if not os.access(out_dir, os.W_OK):
-        raise OutputError(f"The model folder {out_dir} is not writable. Choose a folder you can write to.")
-
-    base: Optional[ModelCard] = find_model(config.base_model) if config.base_model else None
-    card = _build_card(config, pairs, base)
-    if base is None:
-        card.extra["encoder_init"] = "ImageNet" if imagenet else "random"
-    heads = list(card.heads)
-    torch.manual_seed(config.seed)
-    started = time.monotonic()
-
-    # 1. Read every raster at the model's GSD, with its targets.
-    rasters: list[PreparedRaster] = []
-    prepare_progress = sub_progress(progress, 0.0, 0.08)
-    n_fixed = 0
-    shared_labels = {p.labels.resolve() for p in pairs if sum(q.labels.resolve() == p.labels.resolve() for q in pairs) > 1}
-    for index, pair in enumerate(pairs):
-        check_canceled(is_canceled)
-        raster = prepare_raster(
-            pair.raster, pair.labels, pair.aoi, pair.name, card, heads, config.boundary_width_m,
-            require_overlap=pair.labels.resolve() not in shared_labels,
-        )
-        n_fixed += raster.n_fixed
-        for warning in raster.warnings:
-            log(f"Warning: {warning}")
-        rasters.append(raster)
-        prepare_progress((index + 1) / len(pairs))
-    for labels_path in shared_labels:
-        group = [r for r, p in zip(rasters, pairs) if p.labels.resolve() == labels_path]
-        if not any(r.n_labels_in_raster for r in group):
-            raise InputError(
-                f"No polygon of {labels_path.name} overlaps any of its {len(group)} rasters. Check that the labels "
-                "belong to these rasters; labels in another CRS are reprojected automatically."
-            )
-    if n_fixed:
-        log(f"Repaired {n_fixed} invalid label polygon(s) with make_valid.")
-    log(f"Prepared {len(rasters)} raster(s) at {card.gsd_m} m/pixel: {sum(r.n_labels_in_raster for r in rasters)} labelled buildings.")
-    _split(rasters, config, log)
-
-    sampler = ChipSampler([r for r in rasters if r.role == "train"], config.chip_size, config.empty_chip_ratio)
-    chips_per_epoch = config.chips_per_epoch or sampler.auto_chips_per_epoch(config.batch_size)
-    batches_per_epoch = max(1, math.ceil(chips_per_epoch / config.batch_size))
-    augment_options = AugmentOptions.for_policy(card.sensor, config.augmentation)
-    has_validation = any(r.eval_mask() is not None and r.role != "test" for r in rasters)
-    if not has_validation:
-        log("Warning: no validation pixels (areas too small to split); the last epoch is kept.")
-
-    # 2. Model, optimizer, resume.
-    device = _select_device(config.device)
-    if base is not None:
-        from .zoo import load_model
-
-        model = load_model(base, device)
-    else:
-        from .models import create_model
-
-        model = create_model(card.architecture, card.in_channels, card.out_channels, imagenet=imagenet)
-        if imagenet:
-            log(f"Encoder starts from ImageNet weights; its learning rate is {config.encoder_lr_factor:g} x the decoder's.")
-        elif config.encoder_weights == "random" and card.architecture in PRETRAINED_WHEELS:
-            log("Warning: training from random weights as asked; ImageNet weights generalise much better to new areas.")
-    model.to(device)
-    optimizer = torch.optim.AdamW(_parameter_groups(model, config, imagenet), lr=config.lr, weight_decay=config.weight_decay)
-    step_once = TrainingStep(model, optimizer, device, config.precision)
-    signature = _signature(config, pairs)
-    checkpoint_path = _checkpoint_path(out_dir, config.out_name)
-    history: list[dict[str, Any]] = []
-    best_state: Optional[dict[str, torch.Tensor]] = None
-    best_f1, best_epoch, start_epoch, elapsed_before = -1.0, 0, 0, 0.0
-    if config.resume and checkpoint_path.exists():
-        try:
-            state = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - a broken checkpoint only means starting over
-            log(f"Ignoring unreadable checkpoint {checkpoint_path.name} ({exc}); starting over.")
-            state = None
-        if state is not None and state.get("signature") == signature:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            best_state = state["best_state"]
-            best_f1, best_epoch = float(state["best_f1"]), int(state["best_epoch"])
-            start_epoch, elapsed_before = int(state["epoch"]), float(state["elapsed_s"])
-            history = json.loads(state["history"])
-            log(f"Resuming from epoch {start_epoch} (best validation F1 {best_f1:.3f} at epoch {best_epoch}).")
-        elif state is not None:
-            log("A checkpoint from different settings exists; starting over.")
-
-    budget_s = config.max_minutes * 60.0 if config.max_minutes else None
-    train_progress = sub_progress(progress, 0.08, 0.92)
-    total_steps = config.epochs * batches_per_epoch
-    epochs_without_gain = 0
-    if history:
-        epochs_without_gain = start_epoch - best_epoch
-    precision_note = f" with {step_once.precision_name} mixed precision" if step_once.amp_dtype is not None else " in fp32"
-    log(
-        f"Training {card.architecture} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters) on {device.type}"
-        f"{precision_note}: "
-        f"{chips_per_epoch} chips of {config.chip_size} px per epoch, up to {config.epochs} epochs."
-    )
-    stop_reason = "epochs"
-    epoch = start_epoch
-    for epoch in range(start_epoch, config.epochs):
-        epoch_started = time.monotonic()
-        elapsed = elapsed_before + (epoch_started - started)
-        if budget_s is not None and elapsed >= budget_s:
-            stop_reason = "time budget"
-            break
-        frozen = epoch < config.freeze_encoder_epochs
-        encoder = getattr(model, "encoder", None)
-        if encoder is None and config.freeze_encoder_epochs:
-            raise ModelError(f"Architecture {card.architecture} has no .encoder to freeze.")
-        model.train()
-        if encoder is not None:
-            for parameter in encoder.parameters():
-                parameter.requires_grad_(not frozen)
-            if frozen:
-                encoder.eval()
-        rng = np.random.default_rng([config.seed, epoch])
-        torch.manual_seed(config.seed * 100_003 + epoch)
-        windows = sampler.sample(batches_per_epoch * config.batch_size, rng, augment_options.scale_jitter)
-        losses = []
-        for batch_index in range(batches_per_epoch):
-            check_canceled(is_canceled)
-            batch = windows[batch_index * config.batch_size : (batch_index + 1) * config.batch_size]
-            if not batch:
-                break
-            images, targets, weights = [], [], []
-            for window in batch:
-                image, target, weight = sampler.extract(window)
-                image, target, weight = resize_chip(image, target, weight, config.chip_size)
-                image, target, weight = augment_chip(image, target, weight, rng, augment_options)
-                images.append(image)
-                targets.append(target)
-                weights.append(weight)
-            x = torch.from_numpy(np.stack(images)).to(device)
-            y = torch.from_numpy(np.stack(targets)).to(device)
-            w = torch.from_numpy(np.stack(weights))[:, None].to(device)
-            step = epoch * batches_per_epoch + batch_index
-            fraction = step / total_steps
-            if budget_s is not None:
-                fraction = max(fraction, (elapsed_before + time.monotonic() - started) / budget_s)
-            for group in optimizer.param_groups:
-                group["lr"] = one_cycle_lr(config.lr * group.get("lr_factor", 1.0), fraction)
-            loss = step_once(x, y, w, heads, config.loss)
-            losses.append(float(loss))
-            done = (epoch - start_epoch) * batches_per_epoch + batch_index + 1
-            remaining_total = (config.epochs - start_epoch) * batches_per_epoch
-            step_fraction = done / remaining_total
-            if budget_s is not None:
-                step_fraction = max(step_fraction, (elapsed_before + time.monotonic() - started) / budget_s)
-            train_progress(step_fraction)
-
-        train_seconds = time.monotonic() - epoch_started
-        record: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "train_loss": round(float(np.mean(losses)), 5) if losses else None,
-            "lr": optimizer.param_groups[0]["lr"],
-            "encoder_frozen": frozen,
-            "train_seconds": round(train_seconds, 2),
-        }
-        if has_validation:
-            per_area = evaluate_rasters(model, rasters, card, device, roles=("val",), is_canceled=is_canceled)
-            summary = _summarise(per_area, "val")
-            ious = [e["pixel_iou"] for e in per_area.values()]
-            record.update(val_f1=summary["f1"], val_precision=summary["precision"], val_recall=summary["recall"],
-                          val_pixel_iou=round(float(np.mean(ious)), 4) if ious else 0.0,
-                          val_per_area={k: v["f1"] for k, v in per_area.items()})
-            score = summary["f1"] + 1e-3 * record["val_pixel_iou"]  # pixel IoU breaks ties between equal F1s
-        else:
-            score = float(epoch)
-        record["seconds"] = round(time.monotonic() - epoch_started, 2)
-        history.append(record)
-        improved = score > best_f1
-        if improved:
-            best_f1, best_epoch = score, epoch + 1
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            epochs_without_gain = 0
-        else:
-            epochs_without_gain += 1
-        log(
-            f"epoch {epoch + 1}/{config.epochs}: loss {record['train_loss']}"
-            + (f", val F1 {record['val_f1']:.3f}, pixel IoU {record['val_pixel_iou']:.3f}" if has_validation else "")
-            + (" (best)" if improved else "")
-            + f", {record['seconds']:.0f} s"
-        )
-        save_torch_atomically(
-            {
-                "signature": signature,
-                "epoch": epoch + 1,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "best_state": best_state,
-                "best_f1": best_f1,
-                "best_epoch": best_epoch,
-                "elapsed_s": elapsed_before + time.monotonic() - started,
-                "history": json.dumps(history),
-            },
-            checkpoint_path,
-        )
-        if has_validation and epochs_without_gain >= config.patience:
-            stop_reason = f"early stopping (no gain for {config.patience} epochs)"
-            break
-    else:
-        epoch = config.epochs
-    check_canceled(is_canceled)
-    if best_state is None:
-        raise CanceledError("Training stopped before the first epoch finished (time budget too small); nothing was written.")
-    log(f"Stopped: {stop_reason}. Best epoch {best_epoch}.")
-
-    # 3. Final scores of the best checkpoint, then the model, card and report.
-    model.load_state_dict(best_state)
-    finish_progress = sub_progress(progress, 0.92, 1.0)
-    threshold_search: dict[str, float] = {}
-    if config.calibrate_threshold and has_validation:
-        cache: dict[int, np.ndarray] = {}
-        for candidate in THRESHOLD_CANDIDATES:
-            scores = evaluate_rasters(model, rasters, card, device, ("val",), is_canceled, threshold=candidate, cache=cache)
-            threshold_search[f"{candidate:g}"] = _summarise(scores, "val")["f1"]
-        del cache
-        best_threshold = max(THRESHOLD_CANDIDATES, key=lambda t: (threshold_search[f"{t:g}"], -abs(t - 0.5)))
-        log(f"Threshold {best_threshold:g} gives the best validation F1 ({threshold_search[f'{best_threshold:g}']:.3f}).")
-        card.threshold = float(best_threshold)
-    finish_progress(0.3)
-    per_area = evaluate_rasters(model, rasters, card, device, roles=("val", "test"), is_canceled=is_canceled)
-    finish_progress(0.5)
-    metrics: dict[str, Any] = {
-        "iou_threshold": 0.5,
-        "probability_threshold": card.threshold,
-        "best_epoch": best_epoch,
-        "epochs_trained": len(history),
-        "stop_reason": stop_reason,
-        "per_area": per_area,
-    }
-    if threshold_search:
-        metrics["threshold_search_val_f1"] = threshold_search
-    if any(e["split"] == "val" for e in per_area.values()):
-        metrics["validation"] = _summarise(per_area, "val")
-    if any(e["split"] == "test" for e in per_area.values()):
-        metrics["test"] = _summarise(per_area, "test")
-    metrics["validation_method"] = (
-        f"whole areas: {', '.join(config.val_areas)}" if config.val_areas else f"spatial block, last {config.val_fraction:.0%} of each area"
-    )
-    card.metrics = metrics
-    card.extra.setdefault("training", {})
-    card.extra["training"] = {
-        "areas": sorted({r.name for r in rasters if r.role == "train"}),
-        "val_areas": sorted({r.name for r in rasters if r.role == "val"}),
-        "test_areas": sorted({r.name for r in rasters if r.role == "test"}),
-        "labels_repaired": n_fixed,
-        "chip_size": config.chip_size,
-        "augmentation": config.augmentation,
-        "precision": step_once.precision_name,
-        "epochs": len(history),
-        "seed": config.seed,
-        "minutes": round((elapsed_before + time.monotonic() - started) / 60.0, 1),
-        "device": device.type,
-    }
-    from .report import write_training_log, write_training_report
-    from .zoo import save_model
-
-    card_path = save_model(model.cpu(), card, out_dir)
-    card_path = Path(card_path)
-    weights_path = card_path.parent / card.weights_file
-    reports_dir = out_dir / "training_reports"
-    try:
-        reports_dir.mkdir(exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"Cannot create {reports_dir}: {exc}. Free some disk space.") from None
-    report_png = write_training_report(history, reports_dir / f"{config.out_name}.png", title=f"{card.name}: {card.architecture}")
-    log_json = write_training_log(
-        {"card": card.to_dict(), "history": history, "pairs": [asdict(p) for p in pairs], "config": asdict(config)},
-        reports_dir / f"{config.out_name}.json",
-    )
-    checkpoint_path.unlink(missing_ok=True)
-    finish_progress(1.0)
-    return TrainingResult(card_path, weights_path, metrics, report_png, log_json, best_epoch)
+    return Trainer(pairs, config, progress, is_canceled, log).run()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
@@ -16,6 +15,7 @@ from typing import Any, Iterable, Optional, Sequence
 import shapely
 from shapely.geometry.base import BaseGeometry
 
+from .atomic import temporary_sibling
 from .errors import InputError, OutputError
 
 DRIVERS_BY_SUFFIX = {
@@ -216,7 +216,13 @@ def write_polygons(
     if not os.access(folder, os.W_OK):
         raise OutputError(f"Output folder is not writable: {folder}. Pick a folder you can write to.")
     layers = [(layer_name or path.stem, geometries, attributes)] + list(extra_layers)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.stem}.", suffix=".tmp", dir=folder))
+    # A folder named like every partial file (with our pid), so a run killed before cleaning up is
+    # recognised and removed by the next one (atomic.remove_stale_partials).
+    tmp_dir = temporary_sibling(path.with_suffix(""))
+    try:
+        tmp_dir.mkdir()
+    except OSError as exc:
+        raise OutputError(f"Could not write {path}: {exc}. Check free disk space and permissions.") from None
     try:
         tmp_path = tmp_dir / path.name
         ogr_driver = ogr.GetDriverByName(driver)

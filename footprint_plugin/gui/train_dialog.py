@@ -12,7 +12,7 @@ from qgis.PyQt.QtCore import Qt, QTimer
 from qgis.PyQt.QtGui import QPixmap
 from qgis.PyQt.QtWidgets import QDialog, QDialogButtonBox, QListWidgetItem, QPushButton, QWidget
 
-from ..core.vocabulary import model_name_problem
+from ..core.vocabulary import ARCHITECTURES, DEFAULT_ARCHITECTURE, DEFAULT_EPOCHS, DEVICES, model_name_problem
 from ..processing.compat import GEOMETRY_POLYGON
 from ..processing.results import is_result_layer
 from .detect_dialog import layer_label
@@ -21,7 +21,6 @@ from .tasks import AlgorithmRun
 UI_DIR = Path(__file__).resolve().parents[2] / "ui"
 FORM_CLASS, _ = uic.loadUiType(str(UI_DIR / "train_dialog.ui"))
 SETTINGS_PREFIX = "building_footprints/train/"
-ARCHITECTURES = ("unet_mobilenetv2", "unet_resnet34", "unet_vgg11", "deeplabv3plus_resnet")
 
 
 class TrainDialog(QDialog, FORM_CLASS):
@@ -35,7 +34,7 @@ class TrainDialog(QDialog, FORM_CLASS):
         self.result: dict[str, Any] = {}
         self.settings = QgsSettings()
         self.architectureCombo.addItems(list(ARCHITECTURES))
-        self.deviceCombo.addItems(["auto", "cpu", "cuda"])
+        self.deviceCombo.addItems(list(DEVICES))
         self.train_button = QPushButton(self.tr("Train"))
         self.buttonBox.addButton(self.train_button, QDialogButtonBox.ButtonRole.ActionRole)
         self.cancel_button = QPushButton(self.tr("Stop"))
@@ -194,8 +193,8 @@ class TrainDialog(QDialog, FORM_CLASS):
     # --- settings ---------------------------------------------------------------------------------------
     def _restore_settings(self) -> None:
         value = self.settings.value
-        self.epochsSpin.setValue(int(value(SETTINGS_PREFIX + "epochs", 20)))
-        self.architectureCombo.setCurrentText(str(value(SETTINGS_PREFIX + "architecture", ARCHITECTURES[0])))
+        self.epochsSpin.setValue(int(value(SETTINGS_PREFIX + "epochs", DEFAULT_EPOCHS)))
+        self.architectureCombo.setCurrentText(str(value(SETTINGS_PREFIX + "architecture", DEFAULT_ARCHITECTURE)))
         self.deviceCombo.setCurrentText(str(value(SETTINGS_PREFIX + "device", "auto")))
         index = self.baseModelCombo.findData(value(SETTINGS_PREFIX + "base_model", ""))
         if index >= 0:

@@ -26,6 +26,7 @@ from qgis.core import (
     QgsRectangle,
 )
 
+from ..core import vocabulary
 from . import webmap
 from .base import (
     GROUP_DETECT,
@@ -39,7 +40,7 @@ from .base import (
 from .compat import NUMBER_DOUBLE, SOURCE_POLYGON, WKB_MULTIPOLYGON
 from .messages import user_warnings
 
-DEVICES = ["auto", "cpu", "cuda"]
+DEVICES = list(vocabulary.DEVICES)
 
 
 def model_names() -> list[str]:

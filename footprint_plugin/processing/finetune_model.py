@@ -10,6 +10,7 @@ from qgis.core import (
     QgsProcessingParameterNumber,
 )
 
+from ..core.vocabulary import DEFAULT_FINETUNE_EPOCHS
 from .base import GROUP_TRAIN
 from .compat import NUMBER_INTEGER
 from .detect_buildings import default_model, model_names, resolve_card
@@ -53,6 +54,9 @@ class FinetuneModelAlgorithm(TrainModelAlgorithm):
 
     def default_learning_rate(self) -> float:
         return 3e-4
+
+    def default_epochs(self) -> int:
+        return DEFAULT_FINETUNE_EPOCHS
 
     def model_settings(self, parameters: dict[str, Any], context: QgsProcessingContext) -> dict[str, Any]:
         card = resolve_card(self.parameterAsEnumString(parameters, self.BASE_MODEL, context))

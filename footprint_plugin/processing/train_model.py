@@ -22,11 +22,12 @@ from qgis.core import (
 )
 
 from ..core.augment import POLICIES as AUGMENTATIONS
+from ..core.vocabulary import ARCHITECTURES, DEFAULT_ARCHITECTURE, DEFAULT_EPOCHS
 from .base import GROUP_TRAIN, FeedbackAdapter, FootprintAlgorithm, raster_file, source_path
 from .compat import FLAG_ADVANCED, NUMBER_DOUBLE, NUMBER_INTEGER, SOURCE_POLYGON, SOURCE_RASTER
 from .detect_buildings import DEVICES
 
-ARCHITECTURES = ["unet_mobilenetv2", "unet_resnet34", "unet_vgg11", "deeplabv3plus_resnet"]
+ENCODER_WEIGHT_CHOICES = ["auto", "imagenet", "random"]
 
 
 class TrainModelAlgorithm(FootprintAlgorithm):
@@ -42,6 +43,7 @@ class TrainModelAlgorithm(FootprintAlgorithm):
     LEARNING_RATE = "LEARNING_RATE"
     MAX_MINUTES = "MAX_MINUTES"
     AUGMENTATION = "AUGMENTATION"
+    ENCODER_WEIGHTS = "ENCODER_WEIGHTS"
     OUTPUT_FOLDER = "OUTPUT_FOLDER"
 
     NAME = "trainmodel"
@@ -68,7 +70,7 @@ class TrainModelAlgorithm(FootprintAlgorithm):
         )
         self.add_model_parameter()
         self.addParameter(
-            QgsProcessingParameterNumber(self.EPOCHS, self.tr("Epochs"), NUMBER_INTEGER, 20, minValue=1, maxValue=1000)
+            QgsProcessingParameterNumber(self.EPOCHS, self.tr("Epochs"), NUMBER_INTEGER, self.default_epochs(), minValue=1, maxValue=1000)
         )
         self.addParameter(QgsProcessingParameterString(self.NAME_PARAM, self.tr("New model name"), "my_buildings"))
         self.addParameter(
@@ -127,18 +129,33 @@ class TrainModelAlgorithm(FootprintAlgorithm):
             QgsProcessingParameterEnum(
                 self.ARCHITECTURE,
                 self.tr("Architecture"),
-                options=ARCHITECTURES,
-                defaultValue=ARCHITECTURES[0],
+                options=list(ARCHITECTURES),
+                defaultValue=DEFAULT_ARCHITECTURE,
                 usesStaticStrings=True,
             )
         )
+        weights = QgsProcessingParameterEnum(
+            self.ENCODER_WEIGHTS,
+            self.tr("Encoder start (auto: ImageNet weights where the architecture has them)"),
+            options=ENCODER_WEIGHT_CHOICES,
+            defaultValue="auto",
+            usesStaticStrings=True,
+        )
+        weights.setFlags(weights.flags() | FLAG_ADVANCED)
+        self.addParameter(weights)
 
     def default_learning_rate(self) -> float:
         return 1e-3
 
+    def default_epochs(self) -> int:
+        return DEFAULT_EPOCHS
+
     def model_settings(self, parameters: dict[str, Any], context: QgsProcessingContext) -> dict[str, Any]:
         """TrainingConfig fields that differ between training and fine-tuning."""
-        return {"arch": self.parameterAsEnumString(parameters, self.ARCHITECTURE, context) or ARCHITECTURES[0]}
+        return {
+            "arch": self.parameterAsEnumString(parameters, self.ARCHITECTURE, context) or DEFAULT_ARCHITECTURE,
+            "encoder_weights": self.parameterAsEnumString(parameters, self.ENCODER_WEIGHTS, context) or "auto",
+        }
 
     def perform(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
