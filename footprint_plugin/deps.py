@@ -1,6 +1,6 @@
 """Third-party dependencies of the engine inside a user's QGIS.
 
-QGIS ships numpy, GDAL and PyQt but not torch, rasterio or scikit-image. The plugin installs them
+QGIS ships numpy, GDAL and PyQt but not torch, rasterio, scikit-image, scipy or matplotlib. The plugin installs them
 with pip into a per-Python-ABI folder in the user's QGIS profile. This module is the only place
 that puts that folder on sys.path.
 """
@@ -17,12 +17,18 @@ import sysconfig
 from pathlib import Path
 from typing import Optional
 
-# import name -> pip requirement. numpy<2: QGIS's GDAL bindings are built against numpy 1.x.
+# import name -> pip requirement: requirements.txt's runtime packages that QGIS does not ship.
+# numpy<2: QGIS's GDAL bindings are built against numpy 1.x. dask is left out on purpose: it is
+# optional (batch jobs run serially without it, and the batch summary says how to add it).
 REQUIREMENTS: dict[str, str] = {
     "torch": "torch>=2.1",
     "rasterio": "rasterio>=1.3,<1.5",
     "skimage": "scikit-image>=0.21,<0.26",
     "shapely": "shapely>=2.0,<3",
+    # Imported directly by core/polygons and core/augment (not only through scikit-image).
+    "scipy": "scipy>=1.11,<2",
+    # Training reports (core/report) are written by every training run.
+    "matplotlib": "matplotlib>=3.7,<3.10",
 }
 # Pins for packages already in QGIS that pip would otherwise upgrade into the target folder.
 CONSTRAINTS: tuple[str, ...] = ("numpy<2", "affine<3")

@@ -14,8 +14,10 @@ BENCHMARKS = ("bench_inference.py", "bench_polygons.py", "bench_training.py", "b
 def main(argv: list[str]) -> int:
     import torch
 
-    print(f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-          f"CUDA: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}")
+    print(
+        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"CUDA: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}"
+    )
     failures = 0
     for script in BENCHMARKS:
         path = ROOT / "scripts" / script

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -99,6 +100,17 @@ def cheap_card_and_model():
     return card, Bright()
 
 
+def _vm_hwm_mb() -> Optional[int]:
+    """Peak RSS of this process image from /proc (Linux), a cross-check of getrusage."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return None
+
+
 def run_one(width: int, height: int, folder: Path) -> dict:
     """One detection in this process; returns its figures with the peak RSS."""
     import torch
@@ -121,6 +133,7 @@ def run_one(width: int, height: int, folder: Path) -> dict:
     )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
+        "vm_hwm_mb": _vm_hwm_mb(),
         "width": width,
         "height": height,
         "megapixels": round(result.megapixels, 1),
@@ -137,12 +150,30 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--height", type=int, default=1024)
     parser.add_argument("--one", type=int, help="run one width in this process and print its JSON")
     parser.add_argument("--folder", type=Path)
+    parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.one:
         folder = args.folder or Path(tempfile.mkdtemp(prefix="footprint_bench_memory_"))
-        print(json.dumps(run_one(args.one, args.height, folder)))
-        return 0
+        if args.in_process:
+            print(json.dumps(run_one(args.one, args.height, folder)))
+            return 0
+        # Linux keeps a process's peak RSS across exec, so a child started by a big process (pytest
+        # after 400 tests) reports its parent's peak. This small process (stdlib only) starts the run.
+        command = [
+            sys.executable,
+            __file__,
+            "--one",
+            str(args.one),
+            "--height",
+            str(args.height),
+            "--folder",
+            str(folder),
+        ]
+        done = subprocess.run([*command, "--in-process"], capture_output=True, text=True)
+        sys.stdout.write(done.stdout)
+        sys.stderr.write(done.stderr)
+        return done.returncode
     rows = []
     for width in (int(w) for w in args.widths.split(",")):
         with tempfile.TemporaryDirectory(prefix="footprint_bench_memory_") as folder:

@@ -106,7 +106,9 @@ def main() -> int:
     del labels
     rows.append(run_case("watershed", heads, PolygonOptions(split="watershed")))
     print(f"Polygonization benchmark ({side} x {side} px, one thread, 2048 px blocks)")
-    print(f"{'case':<10} {'MP':>6} {'seconds':>8} {'MP/s':>7} {'s/100MP':>8} {'CPU s/100MP':>12} {'target':>7} {'polygons':>9}")
+    print(
+        f"{'case':<10} {'MP':>6} {'seconds':>8} {'MP/s':>7} {'s/100MP':>8} {'CPU s/100MP':>12} {'target':>7} {'polygons':>9}"
+    )
     for row in rows:
         target = row["target_s_per_100mp"]
         target_text = f"<= {target:g}" if target else "-"

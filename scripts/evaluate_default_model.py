@@ -20,7 +20,11 @@ sys.path.insert(0, str(REPO_ROOT))
 HELD_OUT = (
     ("hotosm_kampala_z19", "eo/hotosm_kampala/mosaic_z19.vrt", "eo/hotosm_kampala/labels.geojson"),
     ("hotosm_kampala_z20", "eo/hotosm_kampala/mosaic_z20.vrt", "eo/hotosm_kampala/labels.geojson"),
-    ("spacenet4_atlanta_pan", "eo/spacenet4_atlanta_pan/tiles/sample_geotiff.tif", "eo/spacenet4_atlanta_pan/labels.geojson"),
+    (
+        "spacenet4_atlanta_pan",
+        "eo/spacenet4_atlanta_pan/tiles/sample_geotiff.tif",
+        "eo/spacenet4_atlanta_pan/labels.geojson",
+    ),
     # Evaluation only: its imagery licence is unknown, so no bundled model is ever trained on it.
     ("xview2_joplin_pre", "eo/xview2_joplin_pre/mosaic.vrt", "eo/xview2_joplin_pre/labels.geojson"),
 )
@@ -37,18 +41,20 @@ def main(argv=None) -> int:
 
     from footprint_plugin.core.evaluate import evaluate_files
     from footprint_plugin.core.inference import InferenceOptions
-    from footprint_plugin.core.modelcard import find_model
+    from footprint_plugin.core.modelcard import default_model_name, find_model
     from footprint_plugin.core.pipeline import detect_buildings
-
-    from footprint_plugin.core.modelcard import default_model_name
 
     card = find_model(args.model or default_model_name("EO"))
     results = {}
     with tempfile.TemporaryDirectory() as scratch:
         for name, raster, labels in (area for area in HELD_OUT if area[0] in args.areas):
             predicted = Path(scratch) / f"{name}.gpkg"
-            detection = detect_buildings(args.data / raster, predicted, card, inference_options=InferenceOptions(tta=args.tta))
-            scores = evaluate_files(predicted, args.data / labels, raster_path=args.data / raster, min_area_m2=args.min_area)
+            detection = detect_buildings(
+                args.data / raster, predicted, card, inference_options=InferenceOptions(tta=args.tta)
+            )
+            scores = evaluate_files(
+                predicted, args.data / labels, raster_path=args.data / raster, min_area_m2=args.min_area
+            )
             results[name] = {
                 **scores.scores.to_dict(),
                 "pixel_iou": round(scores.pixel["iou"], 4),
@@ -56,7 +62,11 @@ def main(argv=None) -> int:
                 "detect_seconds": round(detection.seconds, 1),
             }
             print(name, json.dumps(results[name]), flush=True)
-    print(json.dumps({"model": card.display_name, "tta": args.tta, "min_area_m2": args.min_area, "areas": results}, indent=2))
+    print(
+        json.dumps(
+            {"model": card.display_name, "tta": args.tta, "min_area_m2": args.min_area, "areas": results}, indent=2
+        )
+    )
     return 0
 
 

@@ -28,7 +28,9 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--chips-per-epoch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--runs", default="scratch,finetune", help="which runs (the scratch run does not depend on --base)")
+    parser.add_argument(
+        "--runs", default="scratch,finetune", help="which runs (the scratch run does not depend on --base)"
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -41,24 +43,53 @@ def main(argv=None) -> int:
     pairs = [TrainingPair(kampala / "mosaic_z20.vrt", kampala / "labels.geojson", name="kampala")]
     base = find_model(args.base)
     common = dict(
-        epochs=args.epochs, batch_size=8, chip_size=256, chips_per_epoch=args.chips_per_epoch, gsd_m=base.gsd_m,
-        heads=len(base.heads), val_fraction=0.5, patience=args.epochs, seed=0, device="cpu", resume=False,
+        epochs=args.epochs,
+        batch_size=8,
+        chip_size=256,
+        chips_per_epoch=args.chips_per_epoch,
+        gsd_m=base.gsd_m,
+        heads=len(base.heads),
+        val_fraction=0.5,
+        patience=args.epochs,
+        seed=0,
+        device="cpu",
+        resume=False,
     )
     results = {}
     for label, config in (
-        ("scratch", TrainingConfig(out_name="kampala_scratch", arch=base.architecture, lr=1e-3, out_dir=args.out_dir, **common)),
-        ("finetune", TrainingConfig(out_name="kampala_finetune", base_model=args.base, lr=3e-4, freeze_encoder_epochs=2, out_dir=args.out_dir, **common)),
+        (
+            "scratch",
+            TrainingConfig(out_name="kampala_scratch", arch=base.architecture, lr=1e-3, out_dir=args.out_dir, **common),
+        ),
+        (
+            "finetune",
+            TrainingConfig(
+                out_name="kampala_finetune",
+                base_model=args.base,
+                lr=3e-4,
+                freeze_encoder_epochs=2,
+                out_dir=args.out_dir,
+                **common,
+            ),
+        ),
     ):
         if label not in args.runs.split(","):
             continue
         started = time.monotonic()
         result = train_model(pairs, config, log=lambda message, label=label: print(f"[{label}] {message}", flush=True))
         area = result.metrics["per_area"]["kampala"]
-        results[label] = {**area, "best_epoch": result.best_epoch, "minutes": round((time.monotonic() - started) / 60, 1), "report": str(result.report_png)}
+        results[label] = {
+            **area,
+            "best_epoch": result.best_epoch,
+            "minutes": round((time.monotonic() - started) / 60, 1),
+            "report": str(result.report_png),
+        }
     print(json.dumps(results, indent=2))
     for label, area in results.items():
-        print(f"{label:>9}: held-out Kampala east half F1 {area['f1']:.3f} (P {area['precision']:.3f}, R {area['recall']:.3f}, "
-              f"pixel IoU {area['pixel_iou']:.3f}, {area['n_buildings']} buildings), {area['minutes']} min")
+        print(
+            f"{label:>9}: held-out Kampala east half F1 {area['f1']:.3f} (P {area['precision']:.3f}, R {area['recall']:.3f}, "
+            f"pixel IoU {area['pixel_iou']:.3f}, {area['n_buildings']} buildings), {area['minutes']} min"
+        )
     return 0
 
 

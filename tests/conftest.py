@@ -15,6 +15,21 @@ SHARED_DATA = Path(os.environ.get("FOOTPRINT_SHARED_DATA", REPO_ROOT.parent / "s
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Speed measurements (core/inference's cache) go to a session folder, never into ~/.cache.
+
+    Set in os.environ (not monkeypatch, which is function-scoped) so CLI subprocesses inherit it.
+    """
+    previous = os.environ.get("FOOTPRINT_CACHE_DIR")
+    os.environ["FOOTPRINT_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if previous is None:
+        os.environ.pop("FOOTPRINT_CACHE_DIR", None)
+    else:
+        os.environ["FOOTPRINT_CACHE_DIR"] = previous
+
+
 @pytest.fixture(autouse=True)
 def _isolated_user_models(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("FOOTPRINT_USER_MODELS", str(tmp_path_factory.mktemp("user_models")))

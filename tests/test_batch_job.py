@@ -381,6 +381,14 @@ def test_user_errors_say_how_to_fix(job_data, tmp_path):
         run_batch([tiles], tiles / "t_0_0.tif", card, options=BatchOptions(workers=0))
     with pytest.raises(InputError, match="No files matching"):
         run_batch([tmp_path], tmp_path / "o.gpkg", card, options=BatchOptions(workers=0))
+    from footprint_plugin.core.inference import InferenceOptions
+
+    # Refused before any block runs (and before a model loads), not in a worker an hour later.
+    with pytest.raises(InputError, match="Batch size"):
+        run_batch([tiles], tmp_path / "o.gpkg", card, InferenceOptions(batch_size=0), options=BatchOptions(workers=0))
+    with pytest.raises(OutputError, match="not a vector file name"):
+        run_batch([tiles], tmp_path / "o.txt", card, options=BatchOptions(workers=0))
+    assert not (tmp_path / "o.gpkg").exists() and not (tmp_path / "o.txt").exists()
     not_ours = tmp_path / "busy"
     not_ours.mkdir()
     (not_ours / "precious.txt").write_text("x")

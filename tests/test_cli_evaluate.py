@@ -15,13 +15,20 @@ from footprint_plugin.core.vector_io import read_polygons, write_polygons
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-
 def test_evaluate_known_answer_json(shared_data, tmp_path, capsys):
     fixtures = shared_data / "eval_fixtures"
-    code = main([
-        "evaluate", str(fixtures / "pred.geojson"), str(fixtures / "gt.geojson"), "--json",
-        "--out-layers", str(tmp_path / "layers.gpkg"), "--report", str(tmp_path / "report.json"),
-    ])
+    code = main(
+        [
+            "evaluate",
+            str(fixtures / "pred.geojson"),
+            str(fixtures / "gt.geojson"),
+            "--json",
+            "--out-layers",
+            str(tmp_path / "layers.gpkg"),
+            "--report",
+            str(tmp_path / "report.json"),
+        ]
+    )
     assert code == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["scores"]["tp"] == 8 and summary["scores"]["fp"] == 20 and summary["scores"]["fn"] == 20
@@ -36,8 +43,17 @@ def test_evaluate_min_area_and_aoi_text_output(tmp_path, capsys):
     write_polygons(tmp_path / "gt.gpkg", boxes + [small], [{}] * 4, "EPSG:32631")
     write_polygons(tmp_path / "pred.gpkg", boxes[:2], [{}] * 2, "EPSG:32631")
     write_polygons(tmp_path / "aoi.gpkg", [shapely.box(599990, 5749990, 600035, 5750200)], [{}], "EPSG:32631")
-    code = main(["evaluate", str(tmp_path / "pred.gpkg"), str(tmp_path / "gt.gpkg"), "--min-area", "20",
-                 "--aoi", str(tmp_path / "aoi.gpkg")])
+    code = main(
+        [
+            "evaluate",
+            str(tmp_path / "pred.gpkg"),
+            str(tmp_path / "gt.gpkg"),
+            "--min-area",
+            "20",
+            "--aoi",
+            str(tmp_path / "aoi.gpkg"),
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "TP 2  FP 0  FN 0" in out
@@ -51,9 +67,19 @@ def test_evaluate_missing_input_exits_2(tmp_path, capsys):
 def test_evaluate_as_a_process(shared_data, tmp_path):
     fixtures = shared_data / "eval_fixtures"
     done = subprocess.run(
-        [sys.executable, "-m", "footprint_plugin", "evaluate", str(fixtures / "pred.geojson"),
-         str(fixtures / "gt.geojson"), "--json"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "footprint_plugin",
+            "evaluate",
+            str(fixtures / "pred.geojson"),
+            str(fixtures / "gt.geojson"),
+            "--json",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1])["scores"]["fn"] == 20

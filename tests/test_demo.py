@@ -25,7 +25,11 @@ def test_demo_detects_buildings_on_the_real_sample(tmp_path, shared_data):
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
     run = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "demo.py"), "--cache", str(cache), "--out", str(out)],
-        capture_output=True, text=True, env=env, timeout=600, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=ROOT,
     )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     found = int(re.search(r"Buildings found: (\d+)", run.stdout).group(1))

@@ -78,7 +78,9 @@ def test_key_mismatch_fails_clearly(tmp_path, monkeypatch):
     broken = tmp_path / "broken.pth"
     torch.save(state, broken)
     monkeypatch.setattr(lite, "wheel_weights_path", lambda variant: str(broken))
-    with pytest.raises(ModelError, match=r"do not match efficientnet_lite0: missing \['_blocks.3._depthwise_conv.weight'\]"):
+    with pytest.raises(
+        ModelError, match=r"do not match efficientnet_lite0: missing \['_blocks.3._depthwise_conv.weight'\]"
+    ):
         create_model("unet_efficientnet_lite0", 3, 3, imagenet=True)
 
 

@@ -33,7 +33,10 @@ def test_known_answer_from_solaris(shared_data):
 def test_known_answer_through_files(shared_data, tmp_path):
     fixtures = shared_data / "eval_fixtures"
     result = evaluate_files(
-        fixtures / "pred.geojson", fixtures / "gt.geojson", out_layers=tmp_path / "l.gpkg", report_json=tmp_path / "r.json"
+        fixtures / "pred.geojson",
+        fixtures / "gt.geojson",
+        out_layers=tmp_path / "l.gpkg",
+        report_json=tmp_path / "r.json",
     )
     assert (result.scores.tp, result.scores.fp, result.scores.fn) == (8, 20, 20)
     report = json.loads((tmp_path / "r.json").read_text())
@@ -100,7 +103,10 @@ def test_pixel_scores():
 def _to_wgs84(geoms):
     from rasterio.warp import transform_geom
 
-    return [shapely.geometry.shape(g) for g in transform_geom(UTM31, "EPSG:4326", [shapely.geometry.mapping(g) for g in geoms])]
+    return [
+        shapely.geometry.shape(g)
+        for g in transform_geom(UTM31, "EPSG:4326", [shapely.geometry.mapping(g) for g in geoms])
+    ]
 
 
 def test_files_in_different_crs_with_aoi_and_min_area(tmp_path):
@@ -117,8 +123,13 @@ def test_files_in_different_crs_with_aoi_and_min_area(tmp_path):
     # AOI covering the first three buildings only, and cutting the third in half.
     aoi = shapely.box(x0 - 5, y0 - 5, x0 + 45, y0 + 15)
     write_polygons(tmp_path / "aoi.gpkg", [aoi], [{}], UTM31)
-    result = evaluate_files(tmp_path / "pred.geojson", tmp_path / "gt.gpkg", aoi_path=tmp_path / "aoi.gpkg",
-                            min_area_m2=20.0, report_json=tmp_path / "r.json")
+    result = evaluate_files(
+        tmp_path / "pred.geojson",
+        tmp_path / "gt.gpkg",
+        aoi_path=tmp_path / "aoi.gpkg",
+        min_area_m2=20.0,
+        report_json=tmp_path / "r.json",
+    )
     assert (result.scores.tp, result.scores.fp, result.scores.fn) == (3, 0, 0)
     assert json.loads((tmp_path / "r.json").read_text())["n_ground_truth"] == 3
 
@@ -136,8 +147,9 @@ def test_raster_extent_clips_and_gives_pixel_scores(tmp_path, make_geotiff):
 
 def test_qgis_layer_uris_pick_the_named_layer(tmp_path):
     truth = squares([(600000 + 20 * i, 5750000) for i in range(3)])
-    write_polygons(tmp_path / "both.gpkg", truth[:1], [{}], UTM31, layer_name="pred",
-                   extra_layers=[("gt", truth, [{}] * 3)])
+    write_polygons(
+        tmp_path / "both.gpkg", truth[:1], [{}], UTM31, layer_name="pred", extra_layers=[("gt", truth, [{}] * 3)]
+    )
     result = evaluate_files(f"{tmp_path / 'both.gpkg'}|layername=pred", f"{tmp_path / 'both.gpkg'}|layername=gt")
     assert (result.scores.tp, result.scores.fp, result.scores.fn) == (1, 0, 2)
 

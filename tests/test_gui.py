@@ -280,11 +280,8 @@ def test_train_dialog_skips_our_outputs_and_checks_the_name(plugin, qgis_iface, 
 def test_warnings_in_user_words_once():
     from building_footprints.footprint_plugin.gui.messages import user_warnings
 
-    engine = (
-        "bf16 did not match fp32 closely enough for this model (mask IoU 0.971, largest probability "
-        "difference 0.20); using fp32."
-    )
-    assert user_warnings([engine, "Warning: " + engine, "Other note."]) == [
-        "Using full precision: the faster mode changed the result on this model.",
-        "Other note.",
-    ]
+    from footprint_plugin.core.inference import BF16_FALLBACK_WARNING
+
+    engine = BF16_FALLBACK_WARNING
+    assert engine == "Using full precision: the faster mode changed the result on this model."
+    assert user_warnings([engine, "Warning: " + engine, "Other note."]) == [engine, "Other note."]

@@ -132,7 +132,13 @@ def test_training_validation_predicts_like_detect(make_geotiff, tmp_path, image_
     model = make_model(card)
     for name, image in (("big", image_640), ("small", image_640[:, :200, :150])):  # tiled, and under one tile
         path = make_geotiff(image)
-        result = predict_raster(path, card, tmp_path / f"{name}.tif", InferenceOptions(precision="fp32", output_dtype="float32"), model=model)
+        result = predict_raster(
+            path,
+            card,
+            tmp_path / f"{name}.tif",
+            InferenceOptions(precision="fp32", output_dtype="float32"),
+            model=model,
+        )
         detected, _, _ = read_probability(result.probability_path)
         stats = compute_scaling_stats(path, card)
         with rasterio.open(path) as dataset:
@@ -506,7 +512,9 @@ def test_auto_precision_on_cpu_is_checked_against_fp32(make_geotiff, tmp_path):
     if cpu_supports_bf16():
         assert result.precision in ("bf16", "fp32")
         if result.precision == "fp32":
-            assert any("bf16" in w for w in result.warnings)
+            from footprint_plugin.core.inference import BF16_FALLBACK_WARNING
+
+            assert BF16_FALLBACK_WARNING in result.warnings
     else:
         assert result.precision == "fp32"
 
@@ -630,9 +638,15 @@ def _card_for_coarse_test():
     from footprint_plugin.core.modelcard import ModelCard
 
     return ModelCard(
-        name="coarse_test", architecture="unet_mobilenetv2", in_channels=3, out_channels=1,
-        band_roles=["red", "green", "blue"], scaling={"method": "divide", "value": 255.0}, gsd_m=0.5,
-        tile_size=64, overlap=8,
+        name="coarse_test",
+        architecture="unet_mobilenetv2",
+        in_channels=3,
+        out_channels=1,
+        band_roles=["red", "green", "blue"],
+        scaling={"method": "divide", "value": 255.0},
+        gsd_m=0.5,
+        tile_size=64,
+        overlap=8,
     )
 
 

@@ -88,8 +88,15 @@ def _prepared(name, shape, transform, positives=None, crs=UTM) -> PreparedRaster
     if positives is not None:
         targets[0] = positives
     return PreparedRaster(
-        name=name, path=None, image=np.zeros((3, *shape), np.float32), targets=targets,
-        supervised=np.ones(shape, bool), transform=transform, crs_wkt=crs, labels=[], source_gsd_m=0.5,
+        name=name,
+        path=None,
+        image=np.zeros((3, *shape), np.float32),
+        targets=targets,
+        supervised=np.ones(shape, bool),
+        transform=transform,
+        crs_wkt=crs,
+        labels=[],
+        source_gsd_m=0.5,
     )
 
 
@@ -179,7 +186,9 @@ def test_roof_recolouring_changes_only_buildings_each_its_own_way():
     # The edge is soft: the outermost roof pixel lies between its roof and the background.
     assert first.mean() < out[:, 5, 10].mean() < 0.8
     # No building, no change.
-    assert np.array_equal(recolor_roofs(image, np.zeros((40, 40), np.float32), np.random.default_rng(0), (0.3, 0.6)), image)
+    assert np.array_equal(
+        recolor_roofs(image, np.zeros((40, 40), np.float32), np.random.default_rng(0), (0.3, 0.6)), image
+    )
 
 
 def test_blur_and_robust_policy_keep_targets_and_shapes():
@@ -192,7 +201,9 @@ def test_blur_and_robust_policy_keep_targets_and_shapes():
     weight = np.ones((16, 16), np.float32)
     rng = np.random.default_rng(0)
     for policy in ("robust", "panchromatic") * 15:
-        out, out_targets, out_weight = augment_chip(image, targets, weight, rng, AugmentOptions.for_policy("EO", policy))
+        out, out_targets, out_weight = augment_chip(
+            image, targets, weight, rng, AugmentOptions.for_policy("EO", policy)
+        )
         assert out.shape == image.shape and out.dtype == np.float32
         assert out_targets.sum() == targets.sum() and out_weight.sum() == weight.sum()
 

@@ -26,7 +26,10 @@ def test_a_300000_px_wide_raster_runs_within_1_5_gb(tmp_path):
     """The whole pipeline on a 300 000 x 512 VRT (one repeated tile), peak RSS measured in a fresh process.
 
     Before column windows, one full-width strip of tile height (and its accumulator) grew with the
-    width: about 2 GB here, 8.9 GB at 500 000 px. A pointwise network keeps this under a minute.
+    width: by arithmetic over 1 GB for those two buffers alone here; 8.9 GB was measured at 500 000 px.
+    A pointwise network keeps this under a minute unloaded. The script starts the measured run from a
+    small stdlib-only process, because Linux carries a parent's peak RSS into an exec'd child (pytest
+    itself is several GB late in the suite).
     """
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     script = REPO_ROOT / "scripts" / "bench_memory.py"
@@ -42,6 +45,8 @@ def test_a_300000_px_wide_raster_runs_within_1_5_gb(tmp_path):
     assert figures["megapixels"] == pytest.approx(153.6)
     assert figures["buildings"] > 1000  # every stage ran, through to the GeoPackage
     assert figures["peak_rss_mb"] < PEAK_RSS_LIMIT_MB, figures
+    if figures.get("vm_hwm_mb") is not None:  # Linux: the kernel's own high-water mark of the run's process
+        assert figures["vm_hwm_mb"] < PEAK_RSS_LIMIT_MB, figures
     assert (tmp_path / "probability.tif").exists() and (tmp_path / "buildings.gpkg").exists()
 
 

@@ -16,8 +16,13 @@ torch.set_num_threads(1)  # the 2 cores are shared; oversubscribed OpenMP is ver
 
 def test_registry_lists_the_four_architectures():
     assert set(list_architectures()) == {
-        "unet_vgg11", "unet_resnet34", "unet_mobilenetv2", "deeplabv3plus_resnet",
-        "unet_efficientnet_lite0", "unet_efficientnet_lite1", "unet_efficientnet_lite2",
+        "unet_vgg11",
+        "unet_resnet34",
+        "unet_mobilenetv2",
+        "deeplabv3plus_resnet",
+        "unet_efficientnet_lite0",
+        "unet_efficientnet_lite1",
+        "unet_efficientnet_lite2",
     }
     assert list_architectures() == list(ARCHITECTURES)
 

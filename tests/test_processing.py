@@ -78,12 +78,21 @@ def test_detect_buildings_to_memory_layer_with_extent(provider, tiny_model, kamp
 
     source = QgsRasterLayer(str(kampala_tiles[0]), "in")
     extent = source.extent()
-    half = f"{extent.xMinimum()},{extent.center().x()},{extent.yMinimum()},{extent.center().y()} [{source.crs().authid()}]"
+    half = (
+        f"{extent.xMinimum()},{extent.center().x()},{extent.yMinimum()},{extent.center().y()} [{source.crs().authid()}]"
+    )
     context = QgsProcessingContext()
     results = processing.run(
         "footprint:detectbuildings",
-        {"INPUT": source, "MODEL": tiny_model, "THRESHOLD": 0.01, "MIN_AREA": 1.0, "EXTENT": half,
-         "OUTPUT": "TEMPORARY_OUTPUT", "PROBABILITY": str(tmp_path / "p.tif")},
+        {
+            "INPUT": source,
+            "MODEL": tiny_model,
+            "THRESHOLD": 0.01,
+            "MIN_AREA": 1.0,
+            "EXTENT": half,
+            "OUTPUT": "TEMPORARY_OUTPUT",
+            "PROBABILITY": str(tmp_path / "p.tif"),
+        },
         context=context,
         feedback=QgsProcessingFeedback(),
     )
@@ -98,7 +107,10 @@ def test_detect_buildings_to_memory_layer_with_extent(provider, tiny_model, kamp
 def test_detect_buildings_user_error_says_how_to_fix(provider, tiny_model, make_geotiff, tmp_path):
     two_bands = make_geotiff(np.full((2, 64, 64), 100, np.uint8), name="two_bands.tif")  # the model wants 3
     with pytest.raises(QgsProcessingException) as error:
-        run("footprint:detectbuildings", {"INPUT": str(two_bands), "MODEL": tiny_model, "OUTPUT": str(tmp_path / "b.gpkg")})
+        run(
+            "footprint:detectbuildings",
+            {"INPUT": str(two_bands), "MODEL": tiny_model, "OUTPUT": str(tmp_path / "b.gpkg")},
+        )
     assert "band" in str(error.value).lower()
     assert not (tmp_path / "b.gpkg").exists()
 
@@ -111,15 +123,45 @@ def test_batch_detect_skips_a_corrupt_tile(provider, tiny_model, kampala_tiles, 
     (folder / "broken.tif").write_bytes(b"II*\x00 this is not really a GeoTIFF")
     results = run(
         "footprint:batchdetect",
-        {"FOLDER": str(folder), "PATTERN": "*.tif", "MODEL": tiny_model, "THRESHOLD": 0.01, "MIN_AREA": 1.0,
-         "OUTPUT": str(tmp_path / "merged.gpkg"), "PROBABILITY_FOLDER": str(tmp_path / "prob")},
+        {
+            "FOLDER": str(folder),
+            "PATTERN": "*.tif",
+            "MODEL": tiny_model,
+            "THRESHOLD": 0.01,
+            "MIN_AREA": 1.0,
+            "OUTPUT": str(tmp_path / "merged.gpkg"),
+            "PROBABILITY_FOLDER": str(tmp_path / "prob"),
+        },
     )
     assert results["N_TILES"] == 2 and results["N_SKIPPED"] == 1
     assert "broken.tif" in results["SKIPPED"]
     merged = QgsVectorLayer(str(results["OUTPUT"]), "m", "ogr")
     assert merged.isValid() and "tile" in merged.fields().names()
     assert {f["tile"] for f in merged.getFeatures()} == {t.stem for t in kampala_tiles}
-    assert sorted(p.name for p in (tmp_path / "prob").iterdir()) == sorted(f"{t.stem}_probability.tif" for t in kampala_tiles)
+    assert sorted(p.name for p in (tmp_path / "prob").iterdir()) == sorted(
+        f"{t.stem}_probability.tif" for t in kampala_tiles
+    )
+
+
+def test_batch_detect_refuses_outputs_over_input_tiles_before_any_work(provider, tiny_model, make_geotiff, tmp_path):
+    tile = make_geotiff(np.full((3, 64, 64), 100, np.uint8), name="a.tif")
+    other = make_geotiff(np.full((3, 64, 64), 90, np.uint8), name="a_probability.tif")  # what "a.tif" would write
+    before = tile.read_bytes(), other.read_bytes()
+    prob_folder = tmp_path / "elsewhere"
+    prob_folder.mkdir()
+    with pytest.raises(QgsProcessingException, match="input tile a_probability.tif"):
+        # The probability rasters would go into the tiles' own folder: a_probability.tif is an input.
+        run(
+            "footprint:batchdetect",
+            {
+                "RASTERS": [str(tile), str(other)],
+                "MODEL": tiny_model,
+                "OUTPUT": str(tmp_path / "b.gpkg"),
+                "PROBABILITY_FOLDER": str(tmp_path),
+            },
+        )
+    assert (tile.read_bytes(), other.read_bytes()) == before
+    assert not (tmp_path / "b.gpkg").exists()
 
 
 def test_batch_detect_cancel_leaves_no_output_and_resume_continues(provider, tiny_model, tmp_path):
@@ -133,11 +175,22 @@ def test_batch_detect_cancel_leaves_no_output_and_resume_continues(provider, tin
     folder.mkdir()
     image, _mask = synthetic_buildings(512, seed=2)
     for c in range(2):  # two touching tiles: one mosaic of 2 blocks
-        write_geotiff(folder / f"t{c}.tif", image[:, :256, c * 256 : (c + 1) * 256],
-                      transform=from_origin(600000.0 + c * 128.0, 5750000.0, 0.5, 0.5))
-    parameters = {"FOLDER": str(folder), "MODEL": tiny_model, "DEVICE": "cpu", "THRESHOLD": 0.01, "MIN_AREA": 1.0,
-                  "OUTPUT": str(tmp_path / "b.gpkg"), "JOB_FOLDER": str(tmp_path / "job"), "BLOCK_SIZE": 128,
-                  "WORKERS": 0}
+        write_geotiff(
+            folder / f"t{c}.tif",
+            image[:, :256, c * 256 : (c + 1) * 256],
+            transform=from_origin(600000.0 + c * 128.0, 5750000.0, 0.5, 0.5),
+        )
+    parameters = {
+        "FOLDER": str(folder),
+        "MODEL": tiny_model,
+        "DEVICE": "cpu",
+        "THRESHOLD": 0.01,
+        "MIN_AREA": 1.0,
+        "OUTPUT": str(tmp_path / "b.gpkg"),
+        "JOB_FOLDER": str(tmp_path / "job"),
+        "BLOCK_SIZE": 128,
+        "WORKERS": 0,
+    }
     feedback = QgsProcessingFeedback()
     feedback.progressChanged.connect(lambda percent: feedback.cancel() if percent > 10 else None)
     with pytest.raises(QgsProcessingException, match="Resume"):
@@ -148,7 +201,10 @@ def test_batch_detect_cancel_leaves_no_output_and_resume_continues(provider, tin
     results = processing.run("footprint:batchdetect", {**parameters, "RESUME": True}, feedback=feedback)
     assert results["N_TILES"] == 2 and results["N_BUILDINGS"] > 0
     layer = QgsVectorLayer(str(results["OUTPUT"]), "b", "ogr")
-    assert layer.featureCount() == results["N_BUILDINGS"] and {f["tile"] for f in layer.getFeatures()} <= {"t0", "t1"}
+    tiles = {f["tile"] for f in layer.getFeatures()}
+    count = layer.featureCount()
+    del layer  # a layer still open when QGIS exits crashes the interpreter at shutdown
+    assert count == results["N_BUILDINGS"] and tiles <= {"t0", "t1"}
 
 
 def test_evaluate_known_answer(provider, shared_data, tmp_path):
@@ -189,14 +245,21 @@ def test_regularize_footprints(provider, shared_data, tmp_path):
 @pytest.mark.slow
 def test_train_then_finetune(provider, tiny_model, shared_data, kampala_tiles, tmp_path):
     labels = shared_data / KAMPALA / "labels.geojson"
-    common = {"INPUT": [str(t) for t in kampala_tiles], "BUILDINGS": str(labels), "EPOCHS": 1, "DEVICE": "cpu",
-              "BATCH_SIZE": 2, "CHIP_SIZE": 128}
+    common = {
+        "INPUT": [str(t) for t in kampala_tiles],
+        "BUILDINGS": str(labels),
+        "EPOCHS": 1,
+        "DEVICE": "cpu",
+        "BATCH_SIZE": 2,
+        "CHIP_SIZE": 128,
+    }
     trained = run("footprint:trainmodel", {**common, "ARCHITECTURE": "unet_mobilenetv2", "NAME": "trained_in_test"})
     card = Path(trained["MODEL_CARD"])
     assert card.is_file() and card.parent == Path(tiny_model_dir_of(tiny_model))
     assert Path(trained["REPORT"]).is_file() and "trained_in_test" == trained["MODEL_NAME"]
     tuned = run(
-        "footprint:finetunemodel", {**common, "BASE_MODEL": "trained_in_test", "NAME": "tuned_in_test", "AUGMENTATION": "robust"}
+        "footprint:finetunemodel",
+        {**common, "BASE_MODEL": "trained_in_test", "NAME": "tuned_in_test", "AUGMENTATION": "robust"},
     )
     assert Path(tuned["MODEL_CARD"]).is_file()
     from footprint_plugin.core.modelcard import find_model
@@ -234,7 +297,13 @@ def test_building_tables_have_one_key_in_geopackage_and_postgis(provider, tiny_m
     if server is None:
         pytest.skip(f"no local PostGIS: {why}")
     try:
-        common = {"INPUT": str(kampala_tiles[0]), "MODEL": tiny_model, "DEVICE": "cpu", "THRESHOLD": 0.01, "MIN_AREA": 1.0}
+        common = {
+            "INPUT": str(kampala_tiles[0]),
+            "MODEL": tiny_model,
+            "DEVICE": "cpu",
+            "THRESHOLD": 0.01,
+            "MIN_AREA": 1.0,
+        }
         table = f'{server.uri} table="public"."buildings" (geom)'
         results = run("footprint:detectbuildings", {**common, "OUTPUT": f"postgres:{table}"})
         postgis = QgsVectorLayer(table, "pg", "postgres")

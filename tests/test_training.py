@@ -33,8 +33,15 @@ def _one_torch_thread():
     torch.set_num_threads(previous)
 
 
-def make_pair(folder: Path, name: str, seed: int, size: int = 192, bands: int = 3, origin_x: float = 600000.0,
-              label_crs: str = UTM) -> TrainingPair:
+def make_pair(
+    folder: Path,
+    name: str,
+    seed: int,
+    size: int = 192,
+    bands: int = 3,
+    origin_x: float = 600000.0,
+    label_crs: str = UTM,
+) -> TrainingPair:
     """A synthetic raster with bright roofs and their polygons (optionally written in another CRS)."""
     import shapely
     from rasterio.warp import transform_geom
@@ -42,17 +49,30 @@ def make_pair(folder: Path, name: str, seed: int, size: int = 192, bands: int = 
     image, mask = synthetic_buildings(size, seed=seed, bands=bands)
     transform = from_origin(origin_x, 5750000.0, 0.5, 0.5)
     raster = write_geotiff(folder / f"{name}.tif", image, crs=UTM, transform=transform)
-    polygons = [shapely.geometry.shape(geom) for geom, value in shapes(mask, mask=mask > 0, transform=transform) if value]
+    polygons = [
+        shapely.geometry.shape(geom) for geom, value in shapes(mask, mask=mask > 0, transform=transform) if value
+    ]
     if label_crs != UTM:
-        polygons = [shapely.geometry.shape(transform_geom(UTM, label_crs, shapely.geometry.mapping(p))) for p in polygons]
+        polygons = [
+            shapely.geometry.shape(transform_geom(UTM, label_crs, shapely.geometry.mapping(p))) for p in polygons
+        ]
     labels = write_polygons(folder / f"{name}_labels.gpkg", polygons, [{"building": "yes"}] * len(polygons), label_crs)
     return TrainingPair(raster, labels, name=name)
 
 
 def small_config(tmp_path: Path, **overrides) -> TrainingConfig:
     settings = dict(
-        out_name="tiny", epochs=2, batch_size=4, chip_size=64, chips_per_epoch=8, lr=3e-3, gsd_m=0.5,
-        out_dir=tmp_path / "models", val_areas=["val"], patience=50, device="cpu",
+        out_name="tiny",
+        epochs=2,
+        batch_size=4,
+        chip_size=64,
+        chips_per_epoch=8,
+        lr=3e-3,
+        gsd_m=0.5,
+        out_dir=tmp_path / "models",
+        val_areas=["val"],
+        patience=50,
+        device="cpu",
     )
     settings.update(overrides)
     return TrainingConfig(**settings)
@@ -60,7 +80,10 @@ def small_config(tmp_path: Path, **overrides) -> TrainingConfig:
 
 @pytest.fixture
 def two_areas(tmp_path):
-    return [make_pair(tmp_path, "train", seed=1), make_pair(tmp_path, "val", seed=2, origin_x=601000.0, label_crs="EPSG:4326")]
+    return [
+        make_pair(tmp_path, "train", seed=1),
+        make_pair(tmp_path, "val", seed=2, origin_x=601000.0, label_crs="EPSG:4326"),
+    ]
 
 
 def test_train_writes_model_card_report_and_log(tmp_path, two_areas):
@@ -133,7 +156,8 @@ def test_cancel_then_resume(tmp_path, two_areas):
 def test_finetune_with_frozen_encoder(tmp_path, two_areas):
     base = train_model(two_areas, small_config(tmp_path, epochs=1, out_name="base"))
     tuned = train_model(
-        two_areas, small_config(tmp_path, epochs=1, out_name="tuned", base_model=str(base.card_path), freeze_encoder_epochs=1)
+        two_areas,
+        small_config(tmp_path, epochs=1, out_name="tuned", base_model=str(base.card_path), freeze_encoder_epochs=1),
     )
     base_state = torch.load(base.weights_path, weights_only=True)
     tuned_state = torch.load(tuned.weights_path, weights_only=True)
@@ -153,7 +177,9 @@ def test_bad_inputs_give_clear_errors(tmp_path, two_areas):
     # Labels that miss the raster.
     elsewhere = make_pair(tmp_path, "elsewhere", seed=4, origin_x=650000.0)
     with pytest.raises(InputError, match="overlaps"):
-        train_model([TrainingPair(two_areas[0].raster, elsewhere.labels, name="x")], small_config(tmp_path, val_areas=None))
+        train_model(
+            [TrainingPair(two_areas[0].raster, elsewhere.labels, name="x")], small_config(tmp_path, val_areas=None)
+        )
     # An area of interest with no labels in it (over the raster, but where no building was drawn).
     import shapely
 
@@ -177,7 +203,9 @@ def test_mixed_precision_where_the_cpu_runs_it_natively(tmp_path, two_areas):
     from footprint_plugin.core.device import cpu_supports_bf16
 
     messages: list[str] = []
-    result = train_model(two_areas, small_config(tmp_path, epochs=1, out_name="amp", precision="auto"), log=messages.append)
+    result = train_model(
+        two_areas, small_config(tmp_path, epochs=1, out_name="amp", precision="auto"), log=messages.append
+    )
     expected = "with bfloat16 mixed precision" if cpu_supports_bf16() else "in fp32"
     assert any(m.startswith("Training ") and expected in m for m in messages), messages
     # Master weights stay fp32 whatever the autocast dtype.
@@ -217,20 +245,48 @@ def test_cli_train_and_finetune_json(tmp_path, two_areas, capsys):
     from footprint_plugin.cli import main
 
     common = [
-        "--raster", str(two_areas[0].raster), "--labels", str(two_areas[0].labels), "--area", "train",
-        "--raster", str(two_areas[1].raster), "--labels", str(two_areas[1].labels), "--area", "val",
-        "--val-area", "val", "--epochs", "1", "--chip-size", "64", "--chips-per-epoch", "4", "--batch-size", "4",
-        "--gsd", "0.5", "--out-dir", str(tmp_path / "cli_models"), "--json",
+        "--raster",
+        str(two_areas[0].raster),
+        "--labels",
+        str(two_areas[0].labels),
+        "--area",
+        "train",
+        "--raster",
+        str(two_areas[1].raster),
+        "--labels",
+        str(two_areas[1].labels),
+        "--area",
+        "val",
+        "--val-area",
+        "val",
+        "--epochs",
+        "1",
+        "--chip-size",
+        "64",
+        "--chips-per-epoch",
+        "4",
+        "--batch-size",
+        "4",
+        "--gsd",
+        "0.5",
+        "--out-dir",
+        str(tmp_path / "cli_models"),
+        "--json",
     ]
     assert main(["train", *common, "--out", "cli_model", "--heads", "3"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["model"] == "cli_model" and "val" in summary["metrics"]["per_area"]
     card_path = Path(summary["card_path"])
-    assert main(["finetune", "--base", str(card_path), *common, "--out", "cli_tuned", "--freeze-encoder-epochs", "1"]) == 0
+    assert (
+        main(["finetune", "--base", str(card_path), *common, "--out", "cli_tuned", "--freeze-encoder-epochs", "1"]) == 0
+    )
     tuned = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert load_card(tuned["card_path"]).heads == ["footprint", "boundary", "contact"]
     # User error -> exit code 2 with a message, no traceback.
-    assert main(["train", "--raster", str(tmp_path / "missing.tif"), "--labels", str(two_areas[0].labels), "--out", "x"]) == 2
+    assert (
+        main(["train", "--raster", str(tmp_path / "missing.tif"), "--labels", str(two_areas[0].labels), "--out", "x"])
+        == 2
+    )
 
 
 @pytest.mark.shared
@@ -238,7 +294,9 @@ def test_few_iterations_on_real_data(tmp_path, shared_data):
     """Kampala z19 (OAM RGB, EPSG:3857 mosaic with masked gaps) + the Atlanta panchromatic tile."""
     eo = shared_data / "eo"
     pairs = [
-        TrainingPair(eo / "hotosm_kampala" / "mosaic_z19.vrt", eo / "hotosm_kampala" / "labels.geojson", name="kampala"),
+        TrainingPair(
+            eo / "hotosm_kampala" / "mosaic_z19.vrt", eo / "hotosm_kampala" / "labels.geojson", name="kampala"
+        ),
         TrainingPair(
             eo / "spacenet4_atlanta_pan" / "tiles" / "sample_geotiff.tif",
             eo / "spacenet4_atlanta_pan" / "labels.geojson",

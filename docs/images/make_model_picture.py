@@ -1,6 +1,6 @@
 """Picture of the bundled model's polygons over a real raster, with the reference labels.
 
-    .venv/bin/python docs/images/make_model_picture.py RASTER PREDICTED.gpkg LABELS.geojson OUT.png "TITLE"
+.venv/bin/python docs/images/make_model_picture.py RASTER PREDICTED.gpkg LABELS.geojson OUT.png "TITLE"
 """
 
 from __future__ import annotations

@@ -65,7 +65,9 @@ def regularization_picture(path: Path) -> None:
             origin="centroid",
         ),
         "round (kept)": shapely.Point(100, 100).buffer(60),
-        "irregular (kept)": shapely.Polygon([(40, 60), (110, 30), (170, 80), (140, 120), (165, 170), (70, 160), (60, 110)]),
+        "irregular (kept)": shapely.Polygon(
+            [(40, 60), (110, 30), (170, 80), (140, 120), (165, 170), (70, 160), (60, 110)]
+        ),
     }
     fig, axes = plt.subplots(1, len(shapes), figsize=(3.2 * len(shapes), 3.6))
     for seed, (ax, (name, truth)) in enumerate(zip(axes, shapes.items())):
@@ -74,15 +76,20 @@ def regularization_picture(path: Path) -> None:
         ax.fill(*before.exterior.xy, color="#f4a261", alpha=0.35, label="before (polygonized)")
         draw(ax, before, color="#e76f51", lw=1.2)
         draw(ax, after, color="#1d3557", lw=2.2, label="after (regularized)" if changed else "after (unchanged)")
-        ax.set_title(f"{name}\n{'regularized' if changed else 'left as is'}: "
-                     f"{len(before.exterior.coords) - 1} -> {len(after.exterior.coords) - 1} vertices", fontsize=9)
+        ax.set_title(
+            f"{name}\n{'regularized' if changed else 'left as is'}: "
+            f"{len(before.exterior.coords) - 1} -> {len(after.exterior.coords) - 1} vertices",
+            fontsize=9,
+        )
         ax.set_aspect("equal")
         ax.invert_yaxis()
         ax.set_xticks([])
         ax.set_yticks([])
     handles = [plt.Line2D([], [], color="#e76f51", lw=1.2), plt.Line2D([], [], color="#1d3557", lw=2.2)]
     fig.legend(handles, ["before: polygonized noisy mask", "after: regularize_polygon()"], loc="lower center", ncol=2)
-    fig.suptitle("Building regularization: squared to the dominant orientation; round/irregular shapes kept", fontsize=11)
+    fig.suptitle(
+        "Building regularization: squared to the dominant orientation; round/irregular shapes kept", fontsize=11
+    )
     fig.tight_layout(rect=(0, 0.07, 1, 0.95))
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -99,7 +106,9 @@ def stand_in_probabilities(labels, shape, transform, seed: int = 0) -> np.ndarra
     big = np.int32(1 << 30)
     ids_or_big = np.where(ids > 0, ids, big)
     # Boundary: building pixels next to anything else; contact: pixels within 3 px of two buildings.
-    boundary = (ids > 0) & ((ndimage.grey_dilation(ids, size=3) != ids) | (ndimage.grey_erosion(ids_or_big, size=3) != ids))
+    boundary = (ids > 0) & (
+        (ndimage.grey_dilation(ids, size=3) != ids) | (ndimage.grey_erosion(ids_or_big, size=3) != ids)
+    )
     nearest_max = ndimage.grey_dilation(ids, size=7)
     nearest_min = ndimage.grey_erosion(ids_or_big, size=7)
     contact = (nearest_max > 0) & (nearest_min < big) & (nearest_max != nearest_min)
@@ -122,8 +131,11 @@ def real_raster_picture(data: Path, path: Path) -> str:
         transform = dataset.window_transform(window)
         crs_wkt = dataset.crs.to_wkt()
     extent = shapely.box(transform.c, transform.f + 1024 * transform.e, transform.c + 1024 * transform.a, transform.f)
-    labels = [g for g in read_polygons(data / "eo" / "hotosm_banepa" / "labels.geojson", target_crs_wkt=crs_wkt).geometries
-              if g.intersects(extent)]
+    labels = [
+        g
+        for g in read_polygons(data / "eo" / "hotosm_banepa" / "labels.geojson", target_crs_wkt=crs_wkt).geometries
+        if g.intersects(extent)
+    ]
     prob = stand_in_probabilities(labels, (1024, 1024), transform)
     options = PolygonOptions(regularize=True, block_size=512)  # 2 x 2 blocks: seams are exercised too
     result = polygonize_array(prob, transform, crs_wkt, options, source=vrt.name, model="label stand-in")
@@ -136,8 +148,10 @@ def real_raster_picture(data: Path, path: Path) -> str:
         ax.set_xticks([])
         ax.set_yticks([])
     axes[0].imshow(prob[0], extent=(left, right, bottom, top), cmap="magma", alpha=0.55, vmin=0, vmax=1)
-    axes[0].set_title("Stand-in footprint probability (OSM labels burned, blurred, noised)\n"
-                      "over the Banepa OAM image (0.13 m)", fontsize=10)
+    axes[0].set_title(
+        "Stand-in footprint probability (OSM labels burned, blurred, noised)\n" "over the Banepa OAM image (0.13 m)",
+        fontsize=10,
+    )
     for geom in labels:
         draw(axes[1], geom.intersection(extent) if not geom.within(extent) else geom, color="yellow", lw=1.0, ls="--")
     for geom, attrs in zip(result.geometries, result.attributes):
@@ -147,10 +161,16 @@ def real_raster_picture(data: Path, path: Path) -> str:
 
     truth = [g.intersection(extent) for g in labels if g.intersection(extent).area > 0]
     scores, _ = score_polygons(result.geometries, truth)
-    axes[1].set_title(f"{len(result.geometries)} polygons (watershed split, regularized; cyan: squared {n_reg}, magenta: kept)\n"
-                      f"yellow dashed: OSM labels (SpaceNet F1 vs labels {scores.f1:.2f})", fontsize=10)
-    fig.suptitle("Polygons over real imagery: hotosm_banepa mosaic. Probabilities are a label-derived stand-in, "
-                 "NOT a trained model", fontsize=11)
+    axes[1].set_title(
+        f"{len(result.geometries)} polygons (watershed split, regularized; cyan: squared {n_reg}, magenta: kept)\n"
+        f"yellow dashed: OSM labels (SpaceNet F1 vs labels {scores.f1:.2f})",
+        fontsize=10,
+    )
+    fig.suptitle(
+        "Polygons over real imagery: hotosm_banepa mosaic. Probabilities are a label-derived stand-in, "
+        "NOT a trained model",
+        fontsize=11,
+    )
     fig.tight_layout(rect=(0, 0, 1, 0.95))
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -31,7 +31,7 @@ def add_parser(subparsers) -> None:
         type=int,
         help="local Dask worker processes (default: one per core or GPU; " "0: serially in this process)",
     )
-    where.add_argument("--scheduler", help="an existing Dask scheduler, e.g. tcp://host:8786 (docs/BATCH.md)")
+    where.add_argument("--scheduler", help="an existing Dask scheduler, e.g. tcp://host:8786 (README: Big areas)")
     parser.add_argument(
         "--resume", action="store_true", help="continue the job in the job folder: skip finished blocks"
     )

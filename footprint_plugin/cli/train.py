@@ -18,7 +18,6 @@ from . import add_common_arguments
 from .common import Reporter
 
 
-
 def _add_shared_arguments(parser: argparse.ArgumentParser, finetune: bool) -> None:
     data = parser.add_argument_group("training data (repeat --raster for several rasters)")
     data.add_argument("--raster", type=Path, action="append", required=True, help="input raster; repeat for more")

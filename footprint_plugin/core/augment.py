@@ -65,7 +65,9 @@ def resize_chip(
     import torch
     from torch.nn import functional
 
-    img = functional.interpolate(torch.from_numpy(image)[None], size=(size, size), mode="bilinear", align_corners=False)[0]
+    img = functional.interpolate(
+        torch.from_numpy(image)[None], size=(size, size), mode="bilinear", align_corners=False
+    )[0]
     tgt = functional.interpolate(torch.from_numpy(targets)[None], size=(size, size), mode="nearest")[0]
     wgt = functional.interpolate(torch.from_numpy(weight)[None, None], size=(size, size), mode="nearest")[0, 0]
     return img.numpy(), tgt.numpy(), wgt.numpy()
@@ -84,7 +86,9 @@ def _pan_like(gray: np.ndarray, rgb: np.ndarray, vegetation_gain: float) -> np.n
     return np.clip((pan - low) / max(float(high - low), 1e-6), 0.0, 1.0).astype(np.float32)
 
 
-def recolor_roofs(image: np.ndarray, footprint: np.ndarray, rng: np.random.Generator, gain_range: tuple[float, float]) -> np.ndarray:
+def recolor_roofs(
+    image: np.ndarray, footprint: np.ndarray, rng: np.random.Generator, gain_range: tuple[float, float]
+) -> np.ndarray:
     """Give every building of the chip its own brightness and tint, with a one-pixel soft edge.
 
     The soft edge keeps the network from learning that a building ends at a perfectly sharp step.

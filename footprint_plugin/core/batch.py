@@ -507,10 +507,14 @@ def _plan(
 def _check_outputs(paths: Sequence[Path], out_vector: Optional[Path], probability_dir: Optional[Path]) -> None:
     """No output may replace an input (core/paths.py), and the folders must be usable, before any work."""
     from .paths import check_folder_writable, check_outputs
+    from .vector_io import DRIVERS_BY_SUFFIX
 
     inputs = {f"input {p.name}": p for p in paths}
     if out_vector is not None:
         check_outputs(inputs, {"The output": out_vector})
+        if out_vector.suffix.lower() not in DRIVERS_BY_SUFFIX:
+            known = ", ".join(sorted(DRIVERS_BY_SUFFIX))
+            raise OutputError(f"The output: {out_vector.name} is not a vector file name; use one of {known}.")
         check_folder_writable(out_vector, "The output")
     if probability_dir is not None:
         if probability_dir.exists() and not probability_dir.is_dir():
@@ -931,7 +935,7 @@ def run_batch(
     out_vector None: nothing is written, the polygons come back in the result (Processing writes them).
     On cancel or error nothing is written at the output; the job folder keeps the finished blocks.
     """
-    from .inference import InferenceOptions
+    from .inference import InferenceOptions, check_batch_size
     from .polygons import PolygonOptions
 
     started = time.monotonic()
@@ -944,6 +948,7 @@ def run_batch(
     inference_options = inference_options or InferenceOptions()
     polygon_options = polygon_options or PolygonOptions(threshold=card.threshold)
     polygon_options.validate()
+    check_batch_size(getattr(inference_options, "batch_size", None))  # before the model loads, not in a worker
     if options.block_size < MIN_BLOCK_SIZE:
         raise InputError(f"Block size must be at least {MIN_BLOCK_SIZE} pixels, not {options.block_size}.")
     out_path = Path(out_vector) if out_vector else None

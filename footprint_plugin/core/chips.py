@@ -69,7 +69,9 @@ def ground_pixel_size(dataset) -> tuple[float, float]:
     """(x, y) pixel size in ground metres at the raster centre, for any CRS (metres, degrees, Mercator)."""
     size = raster_io.ground_pixel_size_m(dataset)
     if size is None:
-        raise InputError(f"{dataset.name} has no usable CRS. Assign one in QGIS (Raster > Projections > Assign Projection).")
+        raise InputError(
+            f"{dataset.name} has no usable CRS. Assign one in QGIS (Raster > Projections > Assign Projection)."
+        )
     return size
 
 
@@ -166,7 +168,9 @@ def prepare_raster(
         aoi = load_aoi(aoi_path, info["crs_wkt"])
         inside = rasterize_region(aoi, transform, shape)
         if not inside.any():
-            raise InputError(f"The area of interest {Path(aoi_path).name} does not overlap {raster_path.name}. Draw it over the imagery.")
+            raise InputError(
+                f"The area of interest {Path(aoi_path).name} does not overlap {raster_path.name}. Draw it over the imagery."
+            )
         if not any(g.intersects(a) for g in labels.geometries for a in aoi):
             raise InputError(
                 f"The area of interest {Path(aoi_path).name} contains no building from {labels_path.name}. "
@@ -274,7 +278,9 @@ class ChipWindow:
 class ChipSampler:
     """Random chip windows over the training pixels, with empty chips undersampled to a ratio."""
 
-    def __init__(self, rasters: Sequence[PreparedRaster], chip_size: int, empty_chip_ratio: float, min_supervised: float = 0.2):
+    def __init__(
+        self, rasters: Sequence[PreparedRaster], chip_size: int, empty_chip_ratio: float, min_supervised: float = 0.2
+    ):
         self.rasters = list(rasters)
         self.chip_size = chip_size
         self.empty_chip_ratio = empty_chip_ratio
@@ -294,7 +300,9 @@ class ChipSampler:
     def train_pixels(self) -> int:
         return sum(self._train_pixels)
 
-    def auto_chips_per_epoch(self, batch_size: int, coverage: float = 2.0, minimum: int = 32, maximum: int = 1024) -> int:
+    def auto_chips_per_epoch(
+        self, batch_size: int, coverage: float = 2.0, minimum: int = 32, maximum: int = 1024
+    ) -> int:
         chips = int(coverage * self.train_pixels / self.chip_size**2)
         chips = min(max(chips, minimum), maximum)
         return max(batch_size, chips // batch_size * batch_size)
@@ -341,7 +349,9 @@ class ChipSampler:
         raster = self.rasters[window.raster_index]
         image = _crop(raster.image, window.row, window.col, window.size)
         targets = _crop(raster.targets, window.row, window.col, window.size).astype(np.float32)
-        weight = _crop(self._weights[window.raster_index][None], window.row, window.col, window.size)[0].astype(np.float32)
+        weight = _crop(self._weights[window.raster_index][None], window.row, window.col, window.size)[0].astype(
+            np.float32
+        )
         return image, targets, weight
 
 

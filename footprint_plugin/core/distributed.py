@@ -105,7 +105,7 @@ def start_cluster(workers: Optional[int] = None, scheduler: Optional[str] = None
             client.close()
             raise InputError(
                 f"The Dask scheduler at {scheduler} has no workers. Start some with `dask worker {scheduler} "
-                "--nthreads 1` in the plugin's environment (docs/BATCH.md)."
+                "--nthreads 1` in the plugin's environment (README: Big areas)."
             )
         return ClusterHandle(client, None, f"Dask scheduler {scheduler} ({count} workers)", count)
     count = int(workers or default_workers())

@@ -21,6 +21,7 @@ from shapely.geometry.base import BaseGeometry
 from .atomic import write_text_atomically
 from .callbacks import CancelCallback, ProgressCallback, check_canceled
 from .errors import InputError
+from .geometry import crs_is_metric
 
 CONFIDENCE_FIELDS = ("score", "conf", "confidence")
 
@@ -222,22 +223,6 @@ def _wgs84_centre(path: Path, layer: Optional[str] = None) -> tuple[float, float
     return (minx + maxx) / 2.0, (miny + maxy) / 2.0
 
 
-def _crs_is_metric(crs_wkt: Optional[str]) -> bool:
-    if not crs_wkt:
-        return False
-    from rasterio.crs import CRS
-
-    from .geometry import is_mercator
-
-    crs = CRS.from_user_input(crs_wkt)
-    if crs.is_geographic or is_mercator(crs):
-        return False
-    try:
-        return abs(float(crs.linear_units_factor[1]) - 1.0) < 1e-9
-    except Exception:  # noqa: BLE001 - no linear unit information
-        return False
-
-
 def choose_metric_crs(
     *crs_candidates: Optional[str], fallback_path: Optional[Path] = None, fallback_layer: Optional[str] = None
 ) -> str:
@@ -248,7 +233,7 @@ def choose_metric_crs(
     from rasterio.crs import CRS
 
     for wkt in crs_candidates:
-        if _crs_is_metric(wkt):
+        if crs_is_metric(wkt):
             return CRS.from_user_input(wkt).to_wkt()
     from .geometry import utm_crs_for
 

@@ -7,8 +7,9 @@ How it works:
   through the network (optionally with TTA and a 180-degree look-direction flip), and added to a
   strip accumulator with a separable weight window that fades out over the overlap, so tile
   borders (where the network lacks context) contribute almost nothing.
-- Rows that no later tile touches are normalised and streamed to the output; memory is bounded
-  by tile size x raster width, never by raster height.
+- Rows that no later tile touches are normalised and streamed to the output. Wide rasters are
+  processed in column windows (at most MAX_WINDOW_WIDTH pixels), so memory is bounded by tile
+  size x window width, never by the raster's width or height.
 - When the raster's GSD is far from the model's, tiles are read resampled to the model GSD (a
   "model grid") and the probabilities are interpolated back onto the input grid while streaming.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +36,8 @@ from .modelcard import ModelCard
 from .models import fuse_conv_activation, fuse_conv_bn, reduced_precision_copy
 from .scaling import ScalingStats, apply_scaling, compute_scaling_stats, resolve_bands
 from .tiling import WEIGHT_FLOOR, TileGrid, blend_ramp, pad_tile, round_up, tile_starts, weight_sums
+
+_LOG = logging.getLogger(__name__)
 
 # Names kept here for callers that imported them from inference (they live in core/tiling now);
 # training.predict_array still imports the two private ones until it switches to core.tiling.
@@ -56,6 +60,8 @@ MAX_WINDOW_WIDTH = 8192
 BF16_MIN_MASK_IOU = 0.98
 BF16_MAX_PROBABILITY_DIFF = 0.1
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# What the user reads when the reduced-precision check falls back to fp32 (the figures go to the debug log).
+BF16_FALLBACK_WARNING = "Using full precision: the faster mode changed the result on this model."
 
 
 @dataclass
@@ -544,7 +550,8 @@ class TileJob:
         self.done_tiles = self.skipped_tiles = 0
 
     def progress(self) -> None:
-        self.report(0.02 + 0.93 * self.done_tiles / max(1, self.grid.n_tiles * self.tile_passes))
+        first, last = PROGRESS_TILES
+        self.report(first + (last - first) * self.done_tiles / max(1, self.grid.n_tiles * self.tile_passes))
 
     tile_passes = 1  # > 1 when seam tiles run for two windows
 
@@ -647,18 +654,32 @@ def _prepare_runner(card, options, model, notes: list[str], tile_h: int, tile_w:
     return BatchRunner(runner, batch_size, check_bf16, card.threshold, notes)
 
 
+# Progress before the first tile: the statistics pass and the model load can take seconds (a large
+# raster without overviews, a model read from disk and prepared), so the bar moves during them too.
+PROGRESS_STATS = (0.0, 0.05)
+PROGRESS_MODEL = (0.05, 0.08)
+PROGRESS_TILES = (PROGRESS_MODEL[1], 0.95)
+
+
 def _predict_dataset(dataset, card, out_path, options, progress, is_canceled, model, started) -> InferenceResult:
     notes: list[str] = []
+    report = progress or (lambda _f: None)
+    report(PROGRESS_STATS[0])
     band_indexes, channels = resolve_bands(dataset.count, card, raster_io.alpha_band(dataset))
     if channels > len(band_indexes):
         notes.append(f"Single-band raster: the band is repeated to feed the model's {channels} bands.")
     plan = plan_grid(dataset, card, options)
     notes += plan.notes
+    report(0.01)
     stats: ScalingStats = compute_scaling_stats(dataset, card, band_indexes, channels)
+    report(PROGRESS_STATS[1])
     check_canceled(is_canceled)
     tile, overlap = check_tile_settings(card, options)
     grid = TileGrid.for_raster(plan.model_width, plan.model_height, tile, overlap)
+    report(PROGRESS_MODEL[0] + 0.01)
     batches = _prepare_runner(card, options, model, notes, grid.tile_h, grid.tile_w)
+    report(PROGRESS_MODEL[1])
+    check_canceled(is_canceled)
     batches.runner.is_canceled = is_canceled
     writer = raster_io.ProbabilityWriter(
         out_path,
@@ -670,11 +691,9 @@ def _predict_dataset(dataset, card, out_path, options, progress, is_canceled, mo
         options.output_dtype,
         tags={"FOOTPRINT_MODEL": card.display_name, "FOOTPRINT_THRESHOLD": f"{card.threshold:g}"},
     )
-    report = progress or (lambda _f: None)
     job = TileJob(dataset, card, plan, grid, band_indexes, stats, batches, writer, report, is_canceled)
     windows = column_windows(plan, grid)
     job.tile_passes = sum(len(w.xs) for w in windows) / max(1, len(grid.xs))
-    report(0.02)
     try:
         for window in windows:
             job.run_window(window)
@@ -758,10 +777,14 @@ def _check_bf16(runner: TileRunner, batch: np.ndarray, threshold: float, notes: 
     if iou >= BF16_MIN_MASK_IOU and max_diff <= BF16_MAX_PROBABILITY_DIFF:
         return reference
     runner.precision = "fp32"
-    notes.append(
-        f"{reduced} did not match fp32 closely enough for this model (mask IoU {iou:.3f}, largest probability "
-        f"difference {max_diff:.2f}); using fp32."
+    # The figures are for developers (log); the user reads only what happened and why.
+    _LOG.debug(
+        "%s did not match fp32 closely enough (mask IoU %.3f, largest probability difference %.2f); using fp32.",
+        reduced,
+        iou,
+        max_diff,
     )
+    notes.append(BF16_FALLBACK_WARNING)
     return reference
 
 

@@ -62,7 +62,9 @@ def load_aoi(path: Path | str, crs_wkt: Optional[str]) -> list[BaseGeometry]:
     path = Path(path)
     data = read_polygons(path, target_crs_wkt=crs_wkt)
     if not data.geometries:
-        raise InputError(f"The area-of-interest layer {path} has no polygons. Draw the area where every building is labelled.")
+        raise InputError(
+            f"The area-of-interest layer {path} has no polygons. Draw the area where every building is labelled."
+        )
     return list(data.geometries)
 
 
@@ -177,5 +179,9 @@ def valid_region(valid: np.ndarray, transform: Affine) -> BaseGeometry:
     if valid.all():
         rows, cols = valid.shape
         return shapely.box(*shapely.bounds(shapely.MultiPoint([transform * (0, 0), transform * (cols, rows)])))
-    parts = [shapely.geometry.shape(geom) for geom, value in shapes(valid.astype(np.uint8), mask=valid, transform=transform) if value]
+    parts = [
+        shapely.geometry.shape(geom)
+        for geom, value in shapes(valid.astype(np.uint8), mask=valid, transform=transform)
+        if value
+    ]
     return shapely.union_all(parts) if parts else shapely.Polygon()

@@ -48,8 +48,12 @@ def write_training_report(history: Sequence[dict[str, Any]], path: Path, title: 
         metric_axes.axvline(best["epoch"], color="black", alpha=0.35)
         late = best["epoch"] > (min(epochs) + max(epochs)) / 2
         metric_axes.annotate(
-            f"best F1 {best['val_f1']:.3f}\n(epoch {best['epoch']})", (best["epoch"], best["val_f1"]),
-            textcoords="offset points", xytext=(-70 if late else 6, 10), fontsize=8, color="black",
+            f"best F1 {best['val_f1']:.3f}\n(epoch {best['epoch']})",
+            (best["epoch"], best["val_f1"]),
+            textcoords="offset points",
+            xytext=(-70 if late else 6, 10),
+            fontsize=8,
+            color="black",
         )
         metric_axes.set_ylim(0, 1)
         metric_axes.legend(loc="upper left", fontsize=8)

@@ -34,7 +34,7 @@ from .chips import ChipSampler, PreparedRaster, assign_spatial_blocks, prepare_r
 from .errors import CanceledError, InputError, ModelError, OutputError
 from .evaluate import scores_from_counts
 from .labels import clip_ground_truth, heads_for
-from .modelcard import ModelCard, find_model, user_model_dir
+from .modelcard import ModelCard, check_new_model_name, find_model, user_model_dir
 from .tiling import blend_ramp, pad_tile, tile_shape, tile_starts
 from .vocabulary import DEFAULT_ARCHITECTURE, DEFAULT_EPOCHS, PRETRAINED_WHEELS, check_model_name
 
@@ -173,6 +173,8 @@ def _check_config(config: TrainingConfig, pairs: Sequence[TrainingPair]) -> None
     problems = [] if pairs else ["give at least one (raster, labels) pair"]
     try:
         check_model_name(config.out_name)
+        if config.out_dir is None:  # the user model folder: a bundled name would be hidden behind the bundled model
+            check_new_model_name(config.out_name)
     except ModelError as exc:
         problems.append(str(exc).rstrip("."))
     problems += _setting_problems(config)

@@ -17,6 +17,7 @@ from shapely.geometry.base import BaseGeometry
 
 from .atomic import temporary_sibling
 from .errors import InputError, OutputError
+from .geometry import polygonal_valid
 
 DRIVERS_BY_SUFFIX = {
     ".gpkg": "GPKG",
@@ -98,7 +99,7 @@ def read_polygons(path: Path | str, target_crs_wkt: Optional[str] = None, layer:
                     "Check the layer's CRS in QGIS (Layer Properties > Source) and save it again."
                 ) from None
         geom = shapely.from_wkb(bytes(ogr_geom.ExportToIsoWkb()))
-        geom, fixed = _polygonal_valid(geom)
+        geom, fixed = polygonal_valid(geom)
         result.n_fixed += int(fixed)
         if geom is None:
             result.n_dropped += 1
@@ -169,25 +170,6 @@ def _check_lonlat_extent(path: Path, ogr_layer) -> None:
             f"but its coordinates (e.g. x {minx:.0f}, y {miny:.0f}) are projected, such as UTM metres. "
             "In QGIS, set the layer's CRS and export it as GeoPackage, or add the CRS to the file."
         )
-
-
-def _polygonal_valid(geom: BaseGeometry) -> tuple[Optional[BaseGeometry], bool]:
-    """Return the polygonal part of a valid version of geom, and whether it needed fixing."""
-    if geom is None or geom.is_empty:
-        return None, False
-    if geom.has_z:
-        geom = shapely.force_2d(geom)
-    fixed = False
-    if not geom.is_valid:
-        geom = shapely.make_valid(geom)
-        fixed = True
-    if geom.geom_type in ("Polygon", "MultiPolygon"):
-        return geom, fixed
-    if geom.geom_type == "GeometryCollection":
-        parts = [g for g in geom.geoms if g.geom_type in ("Polygon", "MultiPolygon")]
-        if parts:
-            return shapely.union_all(parts), True
-    return None, fixed
 
 
 _FIELD_TYPES = {int: "Integer64", float: "Real", str: "String", bool: "Integer"}

@@ -84,5 +84,7 @@ def resolve_threshold(value: Optional[float], card_threshold: float) -> float:
         return float(card_threshold)
     value = float(value)
     if not 0.0 < value < 1.0:
-        raise InputError(f"Threshold must be between 0 and 1 (exclusive), not {value:g}. Leave it empty to use the model card's.")
+        raise InputError(
+            f"Threshold must be between 0 and 1 (exclusive), not {value:g}. Leave it empty to use the model card's."
+        )
     return value

@@ -26,7 +26,7 @@ from qgis.PyQt import uic
 from qgis.PyQt.QtCore import QTimer
 from qgis.PyQt.QtWidgets import QComboBox, QDialog, QDialogButtonBox, QHBoxLayout, QLabel, QWidget
 
-from ..processing.detect_buildings import DEVICES, default_model
+from ..processing.models_choice import DEVICES, default_model
 from . import warmup
 from .warmup import device_summary  # noqa: F401 - kept importable from here
 

@@ -45,8 +45,8 @@ from .compat import (
     SOURCE_RASTER,
     WKB_MULTIPOLYGON,
 )
-from .detect_buildings import DEVICES, default_model, model_names, resolve_card
 from .messages import user_warnings
+from .models_choice import DEVICES, default_model, model_names, resolve_card
 
 
 class BatchDetectAlgorithm(FootprintAlgorithm):
@@ -186,28 +186,57 @@ class BatchDetectAlgorithm(FootprintAlgorithm):
             )
         return list(dict.fromkeys(tiles))
 
+    def _check_job(
+        self,
+        tiles: list[Path],
+        parameters: dict[str, Any],
+        context: QgsProcessingContext,
+        probability_folder: str,
+        inference_options: Any,
+        polygon_options: Any,
+    ) -> None:
+        """Before any work (the model is not loaded yet): no output may be an input tile, and the
+        threshold, minimum area and batch size must be usable, so a mistake costs a second, not a run."""
+        from ..core.paths import check_outputs
+        from ..core.pipeline import check_detect_job
+
+        buildings = self.parameterAsOutputLayer(parameters, self.OUTPUT, context) or None
+        outputs: dict[str, Any] = {"Buildings": buildings}
+        if probability_folder:
+            # The folder itself may exist (Processing may create it); the files the batch writes into it
+            # (<tile>_probability.tif for a lone tile) must not be any input tile.
+            folder = Path(probability_folder)
+            planned = {folder / f"{tile.stem}_probability.tif": tile for tile in tiles}  # a.tif, a.vrt: one name
+            for path, tile in planned.items():
+                outputs[f"Probability raster for {tile.name}"] = path
+        check_outputs({f"tile {tile.name}": tile for tile in tiles}, outputs)
+        check_detect_job(tiles[0], None, None, inference_options, polygon_options, labels={"raster": "input tile"})
+
     def perform(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
         from ..core.batch import BatchOptions, run_batch
         from ..core.inference import InferenceOptions
         from ..core.polygons import PolygonOptions
+        from ..core.vocabulary import resolve_threshold
 
         tiles = self._tiles(parameters, context)
         card = resolve_card(self.parameterAsEnumString(parameters, self.MODEL, context))
         threshold_given = parameters.get(self.THRESHOLD) not in (None, "")
+        threshold = resolve_threshold(
+            self.parameterAsDouble(parameters, self.THRESHOLD, context) if threshold_given else None, card.threshold
+        )
         inference_options = InferenceOptions(
             device=self.parameterAsEnumString(parameters, self.DEVICE, context) or "auto",
             tta=self.parameterAsBool(parameters, self.TTA, context),
         )
         polygon_options = PolygonOptions(
-            threshold=self.parameterAsDouble(parameters, self.THRESHOLD, context)
-            if threshold_given
-            else card.threshold,
+            threshold=threshold,
             min_area_m2=self.parameterAsDouble(parameters, self.MIN_AREA, context),
             regularize=self.parameterAsBool(parameters, self.REGULARIZE, context),
         )
         probability_folder = self.parameterAsString(parameters, self.PROBABILITY_FOLDER, context)
+        self._check_job(tiles, parameters, context, probability_folder, inference_options, polygon_options)
         scheduler = (self.parameterAsString(parameters, self.SCHEDULER, context) or "").strip()
         job_folder = self.parameterAsFile(parameters, self.JOB_FOLDER, context)
         resume = self.parameterAsBool(parameters, self.RESUME, context)

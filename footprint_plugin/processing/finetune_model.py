@@ -13,7 +13,7 @@ from qgis.core import (
 from ..core.vocabulary import DEFAULT_FINETUNE_EPOCHS
 from .base import GROUP_TRAIN
 from .compat import NUMBER_INTEGER
-from .detect_buildings import default_model, model_names, resolve_card
+from .models_choice import default_model, model_names, resolve_card
 from .train_model import TrainModelAlgorithm
 
 

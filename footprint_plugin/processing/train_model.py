@@ -25,7 +25,7 @@ from ..core.augment import POLICIES as AUGMENTATIONS
 from ..core.vocabulary import ARCHITECTURES, DEFAULT_ARCHITECTURE, DEFAULT_EPOCHS
 from .base import GROUP_TRAIN, FeedbackAdapter, FootprintAlgorithm, raster_file, source_path
 from .compat import FLAG_ADVANCED, NUMBER_DOUBLE, NUMBER_INTEGER, SOURCE_POLYGON, SOURCE_RASTER
-from .detect_buildings import DEVICES
+from .models_choice import DEVICES
 
 ENCODER_WEIGHT_CHOICES = ["auto", "imagenet", "random"]
 
@@ -70,7 +70,9 @@ class TrainModelAlgorithm(FootprintAlgorithm):
         )
         self.add_model_parameter()
         self.addParameter(
-            QgsProcessingParameterNumber(self.EPOCHS, self.tr("Epochs"), NUMBER_INTEGER, self.default_epochs(), minValue=1, maxValue=1000)
+            QgsProcessingParameterNumber(
+                self.EPOCHS, self.tr("Epochs"), NUMBER_INTEGER, self.default_epochs(), minValue=1, maxValue=1000
+            )
         )
         self.addParameter(QgsProcessingParameterString(self.NAME_PARAM, self.tr("New model name"), "my_buildings"))
         self.addParameter(

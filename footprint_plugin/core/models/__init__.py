@@ -16,7 +16,7 @@ from ..errors import ModelError
 from ..vocabulary import ARCHITECTURES as ARCHITECTURE_NAMES
 from .deeplab import DeepLabV3Plus
 from .encoders import ENCODERS, IMAGENET_LOADERS, create_encoder, imagenet_available
-from .optimize import FusedConvAct, Float32InputLayer, fuse_conv_activation, fuse_conv_bn, reduced_precision_copy
+from .optimize import Float32InputLayer, FusedConvAct, fuse_conv_activation, fuse_conv_bn, reduced_precision_copy
 from .ternaus import UNet11
 from .unet import UNetEfficientNetLite, UNetMobileNetV2, UNetResNet34
 

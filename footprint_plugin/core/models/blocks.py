@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 import torch.nn.functional as F  # noqa: N812 (the torch convention)
 from torch import nn
-
 
 
 def conv_bn_act(
@@ -88,5 +85,3 @@ class LightDecoderBlock(nn.Module):
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = _upsample_to(self.reduce(x), skip)
         return self.refine(F.relu(x + self.skip(skip)))
-
-

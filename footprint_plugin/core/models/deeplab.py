@@ -51,5 +51,3 @@ class DeepLabV3Plus(nn.Module):
         y = F.interpolate(y, size=f2.shape[-2:], mode="bilinear", align_corners=False)
         y = self.fuse(torch.cat([y, self.low_level(f2)], dim=1))
         return F.interpolate(self.head(y), size=x.shape[-2:], mode="bilinear", align_corners=False)
-
-

@@ -12,7 +12,6 @@ from torch.nn.utils import fuse_conv_bn_eval
 
 from ..errors import ModelError
 
-
 _CONV_BN_ATTRIBUTE_PAIRS = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
 
 

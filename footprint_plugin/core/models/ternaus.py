@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F  # noqa: N812 (the torch convention)
 from torch import nn
 
 from .encoders.vgg import vgg11_features
@@ -74,5 +73,3 @@ class UNet11(nn.Module):
         dec2 = self.dec2(torch.cat([dec3, conv2], 1))
         dec1 = self.dec1(torch.cat([dec2, conv1], 1))
         return self.final(dec1)
-
-

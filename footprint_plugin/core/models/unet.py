@@ -66,8 +66,6 @@ class UNetMobileNetV2(nn.Module):
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
-
-
 class UNetEfficientNetLite(nn.Module):
     """Efficient U-Net on an EfficientNet-Lite encoder (ImageNet-initialisable), with the same light
     additive decoder and stride-2 prediction as UNetMobileNetV2."""

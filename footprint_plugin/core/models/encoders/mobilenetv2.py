@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F  # noqa: N812 (the torch convention)
 from torch import nn
 
 from ..blocks import conv_bn_act
@@ -65,5 +64,3 @@ class MobileNetV2Encoder(nn.Module):
             if index in self.feature_stages:
                 features.append(x)
         return features
-
-

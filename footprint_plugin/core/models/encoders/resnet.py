@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F  # noqa: N812 (the torch convention)
 from torch import nn
 
 
@@ -99,5 +98,3 @@ class ResNetEncoder(nn.Module):
         f4 = self.layer3(f3)
         f5 = self.layer4(f4)
         return [f1, f2, f3, f4, f5]
-
-

@@ -18,5 +18,3 @@ def vgg11_features(in_channels: int) -> nn.Sequential:
             layers += [nn.Conv2d(previous, int(value), 3, padding=1), nn.ReLU(inplace=True)]
             previous = int(value)
     return nn.Sequential(*layers)
-
-
