@@ -197,3 +197,23 @@ def test_bands_mismatch_names_both_counts(tmp_path, random_model_card):
     with pytest.raises(FootprintError) as info:
         detect_buildings(raster, tmp_path / "b.gpkg", random_model_card)
     assert "2" in str(info.value) and "3" in str(info.value)
+
+
+def test_probability_raster_records_the_threshold_used(tmp_path, random_model_card):
+    """The FOOTPRINT_THRESHOLD tag is the threshold the polygons used, not only the card's."""
+    from conftest import write_geotiff
+
+    from footprint_plugin.core.pipeline import detect_buildings
+    from footprint_plugin.core.polygons import PolygonOptions
+
+    image, _mask = synthetic_buildings(128, seed=3)
+    raster = write_geotiff(tmp_path / "scene.tif", image, crs="EPSG:32631")
+    for threshold, name in ((None, "card"), (0.3, "chosen")):
+        options = PolygonOptions(threshold=threshold) if threshold is not None else None
+        prob = tmp_path / f"{name}.tif"
+        detect_buildings(
+            raster, tmp_path / f"{name}.gpkg", random_model_card, probability_path=prob, polygon_options=options
+        )
+        with rasterio.open(prob) as dataset:
+            tag = dataset.tags()["FOOTPRINT_THRESHOLD"]
+        assert float(tag) == (threshold if threshold is not None else random_model_card.threshold)

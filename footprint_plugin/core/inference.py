@@ -36,6 +36,7 @@ from .modelcard import ModelCard
 from .models import fuse_conv_activation, fuse_conv_bn, reduced_precision_copy
 from .scaling import ScalingStats, apply_scaling, compute_scaling_stats, resolve_bands
 from .tiling import WEIGHT_FLOOR, TileGrid, blend_ramp, pad_tile, round_up, tile_starts, weight_sums
+from .vocabulary import resolve_threshold
 
 _LOG = logging.getLogger(__name__)
 
@@ -76,6 +77,8 @@ class InferenceOptions:
     look_direction_flip: bool = False  # SAR strips imaged from the other side: rotate tiles 180 degrees
     num_threads: Optional[int] = None
     resample_to_model_gsd: bool = True  # False: run at the raster's own GSD whatever it is
+    # The threshold the polygons will use (recorded in the raster's FOOTPRINT_THRESHOLD tag); None: the card's.
+    threshold: Optional[float] = None
 
 
 @dataclass
@@ -689,7 +692,10 @@ def _predict_dataset(dataset, card, out_path, options, progress, is_canceled, mo
         dataset.crs,
         dataset.transform,
         options.output_dtype,
-        tags={"FOOTPRINT_MODEL": card.display_name, "FOOTPRINT_THRESHOLD": f"{card.threshold:g}"},
+        tags={
+            "FOOTPRINT_MODEL": card.display_name,
+            "FOOTPRINT_THRESHOLD": f"{resolve_threshold(options.threshold, card.threshold):g}",
+        },
     )
     job = TileJob(dataset, card, plan, grid, band_indexes, stats, batches, writer, report, is_canceled)
     windows = column_windows(plan, grid)

@@ -6,6 +6,7 @@ Shared by the command line and the Processing algorithms, so every entry point b
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import tempfile
 import time
@@ -162,6 +163,8 @@ def detect_buildings(
     raster_path = Path(raster_path)
     inference_options = inference_options or InferenceOptions()
     polygon_options = polygon_options or PolygonOptions(threshold=card.threshold)
+    # The probability raster records the threshold these polygons use, not only the card's.
+    inference_options = dataclasses.replace(inference_options, threshold=polygon_options.threshold)
     final_probability = Path(probability_path) if probability_path else None
     final_vector = Path(out_vector) if out_vector else None
     check_detect_job(raster_path, final_vector, final_probability, inference_options, polygon_options)

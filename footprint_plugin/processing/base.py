@@ -165,7 +165,28 @@ def _plain(value: Any) -> Any:
 
 
 def crs_from_wkt(wkt: str | None) -> QgsCoordinateReferenceSystem:
-    return QgsCoordinateReferenceSystem.fromWkt(wkt) if wkt else QgsCoordinateReferenceSystem()
+    """QGIS's CRS for a WKT written by the engine (rasterio's newer GDAL/PROJ).
+
+    QGIS's older PROJ sometimes reads such a WKT as an unnamed "Undefined" CRS; when it finds no
+    authority code, GDAL identifies the EPSG code and QGIS builds the CRS from that instead.
+    """
+    if not wkt:
+        return QgsCoordinateReferenceSystem()
+    crs = QgsCoordinateReferenceSystem.fromWkt(wkt)
+    if crs.isValid() and crs.authid():
+        return crs
+    from osgeo import osr
+
+    reference = osr.SpatialReference()
+    if reference.ImportFromWkt(wkt) == 0:
+        reference.AutoIdentifyEPSG()
+        code = reference.GetAuthorityCode(None)
+        name = reference.GetAuthorityName(None)
+        if code and name:
+            identified = QgsCoordinateReferenceSystem(f"{name}:{code}")
+            if identified.isValid():
+                return identified
+    return crs
 
 
 class FeedbackAdapter:
