@@ -152,6 +152,8 @@ def test_area_choices_limit_where_it_looks(plugin, raster, qgis_iface):
     canvas.resize(400, 400)
     canvas.setExtent(north_west)
     canvas.refresh()
+    # Let the canvas finish drawing the raster before a run reads the same layer on a worker thread.
+    canvas.waitWhileRendering()
     in_view = probability_extent(_run_dialog(plugin, "TEMPORARY_OUTPUT", area=AREA_CANVAS))
     assert full.contains(in_view) and in_view.area() < 0.6 * full.area()
     assert in_view.intersects(north_west) and not in_view.contains(south_east.center())

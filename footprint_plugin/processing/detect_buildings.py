@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from qgis.core import (
+    QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
     QgsGeometry,
     QgsProcessingContext,
@@ -68,6 +69,45 @@ def crop_window(
         projWin=[area.xMinimum(), area.yMaximum(), area.xMaximum(), area.yMinimum()],
     )
     return out
+
+
+class RasterSnapshot:
+    """What perform() needs of the input layer, read on the main thread (a layer is not thread-safe).
+
+    Offers the QgsRasterLayer methods the algorithm calls; ``layer`` stays for web maps, whose
+    provider is read block by block while fetching.
+    """
+
+    def __init__(self, layer: QgsRasterLayer) -> None:
+        self.layer = layer
+        self._valid = layer.isValid()
+        self._provider = layer.providerType()
+        self._source = layer.source()
+        self._name = layer.name()
+        self._crs = QgsCoordinateReferenceSystem(layer.crs())
+        self._extent = QgsRectangle(layer.extent())
+
+    @classmethod
+    def of(cls, layer: QgsRasterLayer | None) -> RasterSnapshot | None:
+        return cls(layer) if layer is not None else None
+
+    def isValid(self) -> bool:  # noqa: N802 - the QgsRasterLayer method name
+        return self._valid
+
+    def providerType(self) -> str:  # noqa: N802
+        return self._provider
+
+    def source(self) -> str:
+        return self._source
+
+    def name(self) -> str:
+        return self._name
+
+    def crs(self) -> QgsCoordinateReferenceSystem:
+        return QgsCoordinateReferenceSystem(self._crs)
+
+    def extent(self) -> QgsRectangle:
+        return QgsRectangle(self._extent)
 
 
 class DetectBuildingsAlgorithm(FootprintAlgorithm):
@@ -159,6 +199,16 @@ class DetectBuildingsAlgorithm(FootprintAlgorithm):
         for name, label in (("DEVICE_USED", "Device used"), ("MODEL_USED", "Model used")):
             self.addOutput(QgsProcessingOutputString(name, self.tr(label)))
 
+    def prepareAlgorithm(
+        self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> bool:
+        # On the main thread: look the project's layers up here, so the worker thread that runs
+        # perform() never touches them while QGIS adds or draws layers (that raced and crashed).
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        self._input = RasterSnapshot(layer) if layer is not None else None
+        self._mask = self._mask_geometry(parameters, context, layer, feedback) if layer is not None else None
+        return True
+
     def perform(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
@@ -168,7 +218,9 @@ class DetectBuildingsAlgorithm(FootprintAlgorithm):
         from ..core.polygons import PolygonOptions
         from ..core.vocabulary import resolve_threshold
 
-        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        layer = getattr(self, "_input", None) or RasterSnapshot.of(
+            self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        )
         web = webmap.is_web_layer(layer)  # XYZ/WMS/WMTS/…: fetched into a temporary GeoTIFF below
         raster = webmap.display_path(layer) if web else raster_file(layer, self.INPUT)
         card = resolve_card(self.parameterAsEnumString(parameters, self.MODEL, context))
@@ -201,13 +253,17 @@ class DetectBuildingsAlgorithm(FootprintAlgorithm):
         extent = None
         if parameters.get(self.EXTENT) not in (None, ""):
             extent = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
-        mask_geometry = self._mask_geometry(parameters, context, layer, feedback)
+        mask_geometry = (
+            self._mask if hasattr(self, "_mask") else self._mask_geometry(parameters, context, layer, feedback)
+        )
         adapter = FeedbackAdapter(feedback, 0.0, 0.97)
         feedback.pushInfo(f"Model: {card.display_name} ({card.architecture}, {card.sensor}, {card.gsd_m} m)")
         with tempfile.TemporaryDirectory(prefix="footprint_detect_") as scratch:
             source = raster
             if web:
-                source = webmap.fetch_area(layer, extent, mask_geometry, card.gsd_m, Path(scratch), feedback, context)
+                source = webmap.fetch_area(
+                    layer.layer, extent, mask_geometry, card.gsd_m, Path(scratch), feedback, context
+                )
                 adapter = FeedbackAdapter(feedback, webmap.FETCH_SHARE, 0.97)
             elif extent is not None or mask_geometry is not None:
                 source = crop_window(raster, layer, extent, mask_geometry, Path(scratch))
