@@ -292,7 +292,7 @@ class DetectBuildingsAlgorithm(FootprintAlgorithm):
             context,
             fields,
             WKB_MULTIPOLYGON,
-            crs_from_wkt(result.crs_wkt) if result.crs_wkt else layer.crs(),
+            layer.crs() if layer.crs().isValid() else crs_from_wkt(result.crs_wkt),  # QGIS's own reading of the input
         )
         if sink is None:
             raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
