@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import traceback
 import uuid
+from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -80,6 +81,12 @@ class AlgorithmTask(QgsTask):
         super().cancel()
 
     def finished(self, result: bool) -> None:  # main thread
+        # The task manager deletes this task soon; a progress signal still queued from the worker
+        # must not reach it afterwards (that crashed QGIS now and then).
+        try:
+            self.feedback.progressChanged.disconnect(self.setProgress)
+        except (TypeError, RuntimeError):
+            pass
         if self.ok:
             try:
                 self.results.update(self.algorithm.postProcess(self.context, self.feedback) or {})
@@ -141,6 +148,9 @@ class AlgorithmRun:
         self.results = dict(results or {})
         self.task = None  # the task manager deletes it
         _RUNNING.discard(self)
+        # Keep finished runs (their context, feedback and algorithm) alive a while: QGIS may still
+        # deliver queued events that refer to them after the task itself is gone.
+        _FINISHED.append(self)
         if self.succeeded:
             self.loaded = result_handling.load_outputs(self.context, self.feedback)
         self.on_finished(self.succeeded, self.results, self)
@@ -154,6 +164,7 @@ class AlgorithmRun:
 
 # Runs in flight, kept alive until their task reports back (the task manager owns the tasks themselves).
 _RUNNING: set[AlgorithmRun] = set()
+_FINISHED: deque[AlgorithmRun] = deque(maxlen=32)
 
 
 def running_runs() -> list[AlgorithmRun]:
