@@ -39,47 +39,14 @@ class UNetResNet34(nn.Module):
         return self.head(y)
 
 
-class UNetMobileNetV2(nn.Module):
-    """Efficient U-Net: MobileNetV2 encoder, light additive decoder, prediction at stride 2
+class LightUNet(nn.Module):
+    """Efficient U-Net: any registry encoder, light additive decoder, prediction at stride 2
     upsampled bilinearly to full resolution."""
 
-    def __init__(self, in_channels: int, out_channels: int, decoder_channels: Sequence[int] = (96, 64, 48, 32)):
+    def __init__(self, encoder: nn.Module, out_channels: int, decoder_channels: Sequence[int]) -> None:
         super().__init__()
-        self.encoder = MobileNetV2Encoder(in_channels)
-        enc = self.encoder.channels
-        skips = (enc[3], enc[2], enc[1], enc[0])
-        blocks = []
-        previous = enc[4]
-        for skip_channels, width in zip(skips, decoder_channels):
-            blocks.append(LightDecoderBlock(previous, skip_channels, width))
-            previous = width
-        self.decoder = nn.ModuleList(blocks)
-        self.head = nn.Sequential(conv_bn_act(previous, previous, 3), nn.Conv2d(previous, out_channels, 1))
-        _init_weights(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f1, f2, f3, f4, f5 = self.encoder(x)
-        y = f5
-        for block, skip in zip(self.decoder, (f4, f3, f2, f1)):
-            y = block(y, skip)
-        logits = self.head(y)
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-
-
-class UNetEfficientNetLite(nn.Module):
-    """Efficient U-Net on an EfficientNet-Lite encoder (ImageNet-initialisable), with the same light
-    additive decoder and stride-2 prediction as UNetMobileNetV2."""
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        variant: str = "efficientnet_lite0",
-        decoder_channels: Sequence[int] = (128, 64, 48, 32),
-    ) -> None:
-        super().__init__()
-        self.encoder = create_encoder(variant, in_channels)
-        enc = self.encoder.out_channels
+        self.encoder = encoder
+        enc = encoder.out_channels
         blocks = []
         previous = enc[4]
         for skip_channels, width in zip((enc[3], enc[2], enc[1], enc[0]), decoder_channels):
@@ -95,3 +62,23 @@ class UNetEfficientNetLite(nn.Module):
         for block, skip in zip(self.decoder, (f4, f3, f2, f1)):
             y = block(y, skip)
         return F.interpolate(self.head(y), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class UNetMobileNetV2(LightUNet):
+    """The CPU-friendly efficient U-Net on MobileNetV2 (the bundled v1.x models)."""
+
+    def __init__(self, in_channels: int, out_channels: int, decoder_channels: Sequence[int] = (96, 64, 48, 32)):
+        super().__init__(MobileNetV2Encoder(in_channels), out_channels, decoder_channels)
+
+
+class UNetEfficientNetLite(LightUNet):
+    """The light U-Net on an EfficientNet-Lite encoder, which can start from ImageNet weights."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        variant: str = "efficientnet_lite0",
+        decoder_channels: Sequence[int] = (128, 64, 48, 32),
+    ) -> None:
+        super().__init__(create_encoder(variant, in_channels), out_channels, decoder_channels)
