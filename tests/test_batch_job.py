@@ -186,6 +186,17 @@ def test_adjacent_tiles_give_the_mosaic_result_and_no_building_is_cut(job_data, 
     assert all(a["source"] == a["tile"] + ".tif" for a in layer.attributes)
 
 
+def test_blocks_of_one_process_share_one_prepared_network(job_data, serial_run):
+    """The copy and fusing of prepare_model run once per process and device, not once per block."""
+    from footprint_plugin.core.batch import _prepared_once, cached_model
+
+    _folder, card_path, _tiles = job_data
+    _card, model = cached_model(card_path)
+    prepared = _prepared_once(model, "cpu")
+    assert prepared is _prepared_once(model, "cpu") and prepared is not model
+    assert not any(p.requires_grad for p in prepared.parameters()) and model.training is False
+
+
 @pytest.fixture(scope="module")
 def cluster():
     pytest.importorskip("distributed")

@@ -124,6 +124,31 @@ def test_tiled_prediction_equals_whole_image_prediction(make_geotiff, tmp_path, 
     assert np.abs(hard - whole)[interior].max() > 1e-3
 
 
+def test_given_scaling_stats_and_prepared_network_are_used_as_given(make_geotiff, tmp_path):
+    """Batch blocks pass the mosaic's statistics and a network prepared once (core/batch.py)."""
+    import dataclasses
+
+    from footprint_plugin.core.inference import prepare_model
+
+    card = make_card()  # no weights file: loading the card's network would raise
+    model = make_model(card)
+    image = synthetic_buildings(96, seed=5)[0]
+    path = make_geotiff(image)
+    stats = compute_scaling_stats(make_geotiff(image // 2 + 40, name="other.tif"), card)
+    given = stats.to_dict()
+    options = InferenceOptions(precision="fp32", output_dtype="float32")
+    reference = predict_raster(path, card, tmp_path / "a.tif", options, model=model, scaling_stats=stats)
+    assert reference.stats == given != compute_scaling_stats(path, card).to_dict()
+    prepared = prepare_model(model, select_device("cpu"))
+    result = predict_raster(path, card, tmp_path / "b.tif", options, scaling_stats=stats, prepared_model=prepared)
+    assert stats.to_dict() == given  # the caller's statistics are not changed
+    assert np.array_equal(read_probability(result.probability_path)[0], read_probability(reference.probability_path)[0])
+    one_band = dataclasses.replace(stats, band_indexes=[1], low=[0.0], high=[1.0], replicate_to=1)
+    with pytest.raises(InputError, match="scaling statistics are for 1 bands"):
+        predict_raster(path, card, tmp_path / "c.tif", options, scaling_stats=one_band, prepared_model=prepared)
+    assert not (tmp_path / "c.tif").exists()
+
+
 def test_training_validation_predicts_like_detect(make_geotiff, tmp_path, image_640):
     """Validation during training must score what Detect buildings produces: same tiles, padding and blend."""
     from footprint_plugin.core.training import predict_array

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 import json
 import os
 import shutil
@@ -49,7 +48,7 @@ BLOCK_SHARE = 0.9
 
 _MODEL_CACHE: dict[tuple[str, str], Any] = {}
 _MODEL_LOCK = threading.Lock()
-_STATS_LOCK = threading.Lock()
+_BLOCK_LOCK = threading.Lock()
 
 
 @dataclass
@@ -181,74 +180,27 @@ def cached_model(card_path: Union[str, Path]) -> tuple[ModelCard, Any]:
         return card, _MODEL_CACHE[key]
 
 
-_PREPARED: dict[tuple[int, str], Any] = {}
+_PREPARED: dict[tuple[int, str], tuple[Any, Any]] = {}
 
 
-def _prepared_once(original: Callable) -> Callable:
+def _prepared_once(model: Any, device: str) -> Any:
     """prepare_model memoised per (network, device): a block then skips the copy and fusing (~0.5 s on a
     CPU, as long as a whole block on a GPU). Reused only while the copy still sits on that device (the
     engine moves a runner's network to the CPU after a GPU out-of-memory)."""
+    from .device import select_device
+    from .inference import prepare_model
 
-    def prepare(model, choice):
-        key = (id(model), str(choice.device))
-        cached = _PREPARED.get(key)
-        if cached is not None and cached[0] is model:
-            parameter = next(cached[1].parameters(), None)
-            if parameter is None or str(parameter.device).startswith(choice.kind):
-                return cached[1]
-        prepared = original(model, choice)
-        _PREPARED[key] = (model, prepared)
-        return prepared
-
-    return prepare
-
-
-@contextlib.contextmanager
-def _engine_hooks(stats: Any):
-    """Make predict_raster scale this block with the mosaic's statistics, and prepare the network once.
-
-    predict_raster has no parameter for either, so its module's compute_scaling_stats and prepare_model
-    are swapped for versions that do, for the calling thread only (other threads get the real
-    functions) and under a lock. Wanted upstream: `scaling_stats=` and an already-prepared network on
-    predict_raster; `scaling_stats` is passed as soon as it exists.
-    Yields kwargs for predict_raster, and a list that records whether the statistics were used.
-    """
-    from . import inference
-
-    used: list[bool] = []
-    extra: dict[str, Any] = {}
-    if "scaling_stats" in inspect.signature(inference.predict_raster).parameters:
-        used.append(True)
-        extra["scaling_stats"] = stats
-    original_stats = getattr(inference, "compute_scaling_stats", None)
-    original_prepare = getattr(inference, "prepare_model", None)
-    owner = threading.get_ident()
-
-    def fixed(dataset_or_path, card, band_indexes=None, replicate_to=None):
-        if threading.get_ident() != owner or extra:
-            return original_stats(dataset_or_path, card, band_indexes, replicate_to)
-        used.append(True)
-        return dataclasses.replace(stats, low=list(stats.low), high=list(stats.high))
-
-    memo = _prepared_once(original_prepare) if original_prepare is not None else None
-
-    def prepare(model, choice):
-        if threading.get_ident() != owner:
-            return original_prepare(model, choice)
-        return memo(model, choice)
-
-    with _STATS_LOCK:
-        if original_stats is not None:
-            inference.compute_scaling_stats = fixed
-        if original_prepare is not None:
-            inference.prepare_model = prepare
-        try:
-            yield extra, used
-        finally:
-            if original_stats is not None:
-                inference.compute_scaling_stats = original_stats
-            if original_prepare is not None:
-                inference.prepare_model = original_prepare
+    choice = select_device(device)
+    key = (id(model), str(choice.device))
+    cached = _PREPARED.get(key)
+    # The network is kept with its copy: an id() is only unique while its object is alive.
+    if cached is not None and cached[0] is model:
+        parameter = next(cached[1].parameters(), None)
+        if parameter is None or str(parameter.device).startswith(choice.kind):
+            return cached[1]
+    prepared = prepare_model(model, choice)
+    _PREPARED[key] = (model, prepared)
+    return prepared
 
 
 def _peak_rss_mb() -> float:
@@ -283,20 +235,25 @@ def run_block(spec: dict[str, Any], is_canceled: Optional[CancelCallback] = None
         if options.device in ("auto", "cuda") and dist.PINNED_DEVICE:
             options.device = dist.PINNED_DEVICE
         mosaic_mod.write_window_vrt(spec["mosaic_vrt"], block.window, window_vrt)
+        # The mosaic's statistics, not the block's: per-block scaling would make seams between blocks.
         stats = ScalingStats(**spec["stats"])
-        with _engine_hooks(stats) as (extra, used):
-            result = predict_raster(window_vrt, card, out_path, options, is_canceled=is_canceled, model=model, **extra)
-        warnings = list(result.warnings)
-        if not used:
-            warnings.append(
-                "This engine version has no hook for mosaic-wide input scaling: blocks were scaled "
-                "with their own statistics."
+        # One block at a time per process: blocks share the prepared network, which an out-of-memory
+        # fall-back moves to the CPU in place, and predict_raster sets torch's process-wide thread count.
+        with _BLOCK_LOCK:
+            result = predict_raster(
+                window_vrt,
+                card,
+                out_path,
+                options,
+                is_canceled=is_canceled,
+                scaling_stats=stats,
+                prepared_model=_prepared_once(model, options.device),
             )
         return {
             **base,
             "status": "done",
             "seconds": time.perf_counter() - started,
-            "warnings": warnings,
+            "warnings": list(result.warnings),
             "device": result.device,
             "precision": result.precision,
             "peak_rss_mb": _peak_rss_mb(),

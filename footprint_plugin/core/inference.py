@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -370,11 +371,20 @@ def predict_raster(
     progress: Optional[ProgressCallback] = None,
     is_canceled: Optional[CancelCallback] = None,
     model: Optional[nn.Module] = None,
+    *,
+    scaling_stats: Optional[ScalingStats] = None,
+    prepared_model: Optional[nn.Module] = None,
 ) -> InferenceResult:
     """Write the model's per-head probabilities for `raster_path` to `out_path` (a GeoTIFF on the input grid).
 
     `model` is an already-built network for the card (e.g. during training); otherwise the card's
     weights are loaded and verified. Nothing is left at `out_path` on error or cancel.
+
+    `scaling_stats`: fixed input-scaling statistics (``compute_scaling_stats`` of a larger raster this one
+    is part of, so the parts are scaled alike); None computes them from this raster.
+    `prepared_model`: a network already passed through ``prepare_model`` for the card and for the device
+    `options.device` resolves to, so repeated calls skip the copy and fusing; it is used as given (and
+    `model` is ignored). An out-of-memory fall-back moves it to the CPU in place.
     """
     from .paths import check_outputs
 
@@ -392,7 +402,9 @@ def predict_raster(
         torch.set_num_threads(max(1, int(options.num_threads)))
     try:
         with raster_io.gdal_env(), raster_io.opened(raster_path) as dataset:
-            return _predict_dataset(dataset, card, out_path, options, progress, is_canceled, model, started)
+            return _predict_dataset(
+                dataset, card, out_path, options, progress, is_canceled, model, started, scaling_stats, prepared_model
+            )
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -639,18 +651,30 @@ class TileJob:
         return emit
 
 
-def _prepare_runner(card, options, model, notes: list[str], tile_h: int, tile_w: int) -> BatchRunner:
+def _prepare_runner(
+    card, options, model, notes: list[str], tile_h: int, tile_w: int, prepared_model: Optional[nn.Module] = None
+) -> BatchRunner:
     """Device, precision, the prepared network and the batch size."""
     choice = select_device(options.device)
     if choice.note:
         notes.append(choice.note)
     precision, check_bf16, precision_notes = _resolve_precision(options.precision, choice)
     notes += precision_notes
-    if model is None:
-        from .zoo import load_model
+    if prepared_model is not None:
+        net = prepared_model
+        parameter = next(net.parameters(), None)
+        # A network left on another device would fail on the first batch with a torch message.
+        if parameter is not None and parameter.device.type != choice.kind:
+            raise InputError(
+                f"The prepared network is on {parameter.device}, but inference runs on {choice.device}. "
+                "Prepare it with prepare_model for that device. This is a bug in the caller; please report it."
+            )
+    else:
+        if model is None:
+            from .zoo import load_model
 
-        model = load_model(card, "cpu")
-    net = prepare_model(model, choice)
+            model = load_model(card, "cpu")
+        net = prepare_model(model, choice)
     tta_policy = card.tta if options.tta else "none"
     runner = TileRunner(net, choice, precision, tta_policy, options.look_direction_flip, tile_h == tile_w)
     batch_size = int(options.batch_size or _default_batch_size(choice, tile_h, tile_w))
@@ -664,7 +688,18 @@ PROGRESS_MODEL = (0.05, 0.08)
 PROGRESS_TILES = (PROGRESS_MODEL[1], 0.95)
 
 
-def _predict_dataset(dataset, card, out_path, options, progress, is_canceled, model, started) -> InferenceResult:
+def _predict_dataset(
+    dataset,
+    card,
+    out_path,
+    options,
+    progress,
+    is_canceled,
+    model,
+    started,
+    scaling_stats: Optional[ScalingStats] = None,
+    prepared_model: Optional[nn.Module] = None,
+) -> InferenceResult:
     notes: list[str] = []
     report = progress or (lambda _f: None)
     report(PROGRESS_STATS[0])
@@ -674,13 +709,16 @@ def _predict_dataset(dataset, card, out_path, options, progress, is_canceled, mo
     plan = plan_grid(dataset, card, options)
     notes += plan.notes
     report(0.01)
-    stats: ScalingStats = compute_scaling_stats(dataset, card, band_indexes, channels)
+    if scaling_stats is None:
+        stats = compute_scaling_stats(dataset, card, band_indexes, channels)
+    else:
+        stats = _given_stats(scaling_stats, band_indexes, channels)
     report(PROGRESS_STATS[1])
     check_canceled(is_canceled)
     tile, overlap = check_tile_settings(card, options)
     grid = TileGrid.for_raster(plan.model_width, plan.model_height, tile, overlap)
     report(PROGRESS_MODEL[0] + 0.01)
-    batches = _prepare_runner(card, options, model, notes, grid.tile_h, grid.tile_w)
+    batches = _prepare_runner(card, options, model, notes, grid.tile_h, grid.tile_w, prepared_model)
     report(PROGRESS_MODEL[1])
     check_canceled(is_canceled)
     batches.runner.is_canceled = is_canceled
@@ -710,6 +748,18 @@ def _predict_dataset(dataset, card, out_path, options, progress, is_canceled, mo
         raise
     report(1.0)
     return _result(job, out_path, notes, started)
+
+
+def _given_stats(stats: ScalingStats, band_indexes: list[int], channels: int) -> ScalingStats:
+    """A copy of caller-given statistics (the caller may reuse or change its own), checked against the bands."""
+    # Statistics of another band layout would fail deep in apply_scaling, on the first tile.
+    if len(stats.band_indexes) != len(band_indexes) or stats.replicate_to != channels:
+        raise InputError(
+            f"The given scaling statistics are for {len(stats.band_indexes)} bands fed as {stats.replicate_to} "
+            f"channels, but this raster gives {len(band_indexes)} bands fed as {channels}. This is a bug in the "
+            "caller; please report it."
+        )
+    return dataclasses.replace(stats, band_indexes=list(stats.band_indexes), low=list(stats.low), high=list(stats.high))
 
 
 def _result(job: TileJob, out_path: Path, notes: list[str], started: float) -> InferenceResult:

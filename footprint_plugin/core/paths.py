@@ -100,20 +100,26 @@ def check_outputs(
     return checked
 
 
-def check_folder_writable(path: PathLike, label: str = "Output") -> Path:
-    """Raise OutputError now (not after the whole job) when the folder of `path` is missing or read-only."""
+def check_folder_writable(path: PathLike, label: Optional[str] = "Output") -> Path:
+    """Raise OutputError now (not after the whole job) when the folder of `path` is missing or read-only.
+
+    `label` names the setting in the message ("--out: the folder ..."); None gives a plain sentence.
+    """
+
+    def refused(problem: str) -> OutputError:
+        return OutputError(f"{label}: {problem}" if label else problem[:1].upper() + problem[1:])
+
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
-        raise OutputError(f"{label}: the folder {folder} does not exist. Create it or choose another output path.")
+        raise refused(f"the folder {folder} does not exist. Create it or choose another output path.")
+    # Only a real write tells: permission bits miss read-only mounts, ACLs and /proc-like filesystems.
     probe = folder / f".footprint_probe.{os.getpid()}.{uuid.uuid4().hex[:8]}"
     try:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise OutputError(
-            f"{label}: cannot write to the folder {folder} ({exc.strerror}). Choose a writable folder."
-        ) from None
+        raise refused(f"cannot write to the folder {folder} ({exc.strerror}). Choose a writable folder.") from None
     return path
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import uuid
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +17,7 @@ import numpy as np
 
 from .atomic import remove_quietly, temporary_sibling
 from .errors import InputError, OutputError
+from .paths import check_folder_writable, gdal_path
 
 EARTH_RADIUS_M = 6371008.8
 HEADS_TAG = "FOOTPRINT_HEADS"
@@ -26,6 +27,51 @@ OUTPUT_BLOCK = 256
 # GDAL's block cache must hold a strip of source blocks for a row of tiles (overlapping strips
 # then reuse decoded blocks instead of decompressing them twice).
 GDAL_CACHE_MB = 256
+
+
+_PROJ_LOCK = threading.Lock()
+_bundled_proj_data: Optional[str] = None  # "" once checked and rasterio ships no PROJ data
+
+
+def use_bundled_proj_data() -> Optional[str]:
+    """Keep rasterio's own PROJ on the proj.db its wheel ships, for the rest of the process.
+
+    Returns that folder, or None where rasterio has none (a build on the system's GDAL and PROJ,
+    which PROJ_DATA / PROJ_LIB then rightly describe). Safe to call from any thread, any number of times.
+
+    Why: rasterio hands os.environ's PROJ_DATA / PROJ_LIB to its GDAL not only at import but each time
+    an outermost rasterio.Env starts (every rasterio.open outside an Env, in every thread). QGIS's
+    launchers (OSGeo4W, QGIS.app), conda and users' shells set them for QGIS's older PROJ, whose
+    proj.db the wheel's PROJ rejects ("DATABASE.LAYOUT.VERSION.MINOR = 2 whereas a number >= 6 is
+    expected"): EPSG look-ups then fail and CRSs lose their EPSG code, but only in PROJ contexts made
+    after the switch (new worker threads), so it shows up late and only sometimes. os.environ is left as
+    it is: QGIS, pyproj and the programs QGIS starts need those variables for their own PROJ.
+    """
+    global _bundled_proj_data
+    if _bundled_proj_data is None:
+        with _PROJ_LOCK:
+            if _bundled_proj_data is None:
+                _bundled_proj_data = _pin_rasterio_proj_data()
+    return _bundled_proj_data or None
+
+
+def _pin_rasterio_proj_data() -> str:
+    """Point rasterio's PROJ at its wheel's data and make rasterio's later re-reads of os.environ keep it."""
+    from rasterio import _env
+
+    folder = _env.PROJDataFinder().search_wheel()
+    setter = getattr(_env, "set_proj_data_search_path", None)
+    if not folder or setter is None:
+        return ""
+
+    def keep_bundled(path: str) -> None:
+        # GDALEnv.start calls this module global with os.environ's value; the wheel's PROJ needs its own.
+        del path
+        setter(folder)
+
+    _env.set_proj_data_search_path = keep_bundled
+    setter(folder)  # also repairs a search path rasterio already took from the environment at import
+    return str(folder)
 
 
 def _ignore_not_georeferenced() -> None:
@@ -39,9 +85,10 @@ def _ignore_not_georeferenced() -> None:
 
 
 def gdal_env():
-    """rasterio.Env with a block cache sized for strip reads."""
+    """rasterio.Env with a block cache sized for strip reads (and rasterio's own PROJ data)."""
     import rasterio
 
+    use_bundled_proj_data()
     _ignore_not_georeferenced()
     return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 1024 * 1024, GDAL_NUM_THREADS="ALL_CPUS")
 
@@ -51,8 +98,7 @@ def open_raster(path: Union[str, Path]):
     import rasterio
     from rasterio.errors import RasterioIOError
 
-    from .paths import gdal_path
-
+    use_bundled_proj_data()
     _ignore_not_georeferenced()
     path = Path(path)
     # /vsizip/..., GPKG:file.gpkg:table and other GDAL names are opened by GDAL, not checked as files.
@@ -243,20 +289,9 @@ def read_block(
 def check_output_writable(out_path: Union[str, Path]) -> Path:
     """Raise OutputError now (not after an hour of inference) if out_path cannot be written."""
     out_path = Path(out_path)
-    folder = out_path.parent if str(out_path.parent) else Path(".")
-    if not folder.is_dir():
-        raise OutputError(f"Output folder does not exist: {folder}. Create it or choose another output path.")
     if out_path.is_dir():
         raise OutputError(f"Output path {out_path} is a folder; give a file name such as probability.tif.")
-    probe = folder / f".{out_path.name}.{uuid.uuid4().hex[:8]}.probe"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise OutputError(
-            f"Cannot write to the output folder {folder} ({exc.strerror}). Choose a writable folder."
-        ) from None
-    return out_path
+    return check_folder_writable(out_path, label=None)
 
 
 class _ColumnRows:
@@ -302,6 +337,8 @@ class ProbabilityWriter:
 
     def _create(self, crs: Any, transform: Any, tags: Optional[dict[str, str]]):
         import rasterio
+
+        use_bundled_proj_data()  # the CRS written must not depend on the environment QGIS was started in
 
         profile = {
             "driver": "GTiff",
