@@ -22,6 +22,7 @@ from .atomic import write_text_atomically
 from .callbacks import CancelCallback, ProgressCallback, check_canceled
 from .errors import InputError
 from .geometry import crs_is_metric
+from .raster_io import use_bundled_proj_data
 
 CONFIDENCE_FIELDS = ("score", "conf", "confidence")
 
@@ -310,6 +311,7 @@ def evaluate_files(
     min_area_m2 are dropped from both, as SpaceNet does. Pixel scores use the raster's grid when
     raster_path is given, else exact polygon areas.
     """
+    use_bundled_proj_data()  # every CRS below comes from rasterio's PROJ (see raster_io)
     report = progress or (lambda _f: None)
     _check_evaluation_job(
         predicted_path, ground_truth_path, aoi_path, raster_path, out_layers, report_json, iou_threshold, min_area_m2
