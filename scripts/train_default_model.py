@@ -128,7 +128,16 @@ def main(argv=None) -> int:
         "--empty-chip-ratio", type=float, default=0.2, help="share of chips with no building (hard negatives)"
     )
     parser.add_argument("--chip-size", type=int, default=256)
+    parser.add_argument(
+        "--edge-weight", type=float, default=0.0, help="extra pixel-loss weight on outline and contact pixels"
+    )
+    parser.add_argument(
+        "--scale-jitter", type=float, default=None, help="log-scale range of chip windows (policy default 0.15)"
+    )
     parser.add_argument("--patience", type=int, default=60)
+    parser.add_argument(
+        "--ema-decay", type=float, default=0.0, help="validate and keep an average of the weights (0: off)"
+    )
     parser.add_argument("--install", action="store_true", help="copy the trained model into model_zoo/")
     args = parser.parse_args(argv)
 
@@ -136,6 +145,19 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     from footprint_plugin.core.training import TrainingConfig, train_model
+
+    # A continued model keeps its base's ImageNet start, so it keeps the credit and the base's recipe.
+    base_card = json.loads(Path(args.base).read_text()) if args.base else None
+    imagenet_start = (
+        base_card.get("extra", {}).get("encoder_init") == "ImageNet" if base_card else args.encoder_weights != "random"
+    )
+    card_extra = {"default": True}
+    if base_card:
+        card_extra.update(
+            encoder_init=base_card.get("extra", {}).get("encoder_init", "unknown"),
+            continued_from=f"{base_card['name']} {base_card.get('version', '')}".strip(),
+            base_training_command=base_card.get("training_command", ""),
+        )
 
     config = TrainingConfig(
         out_name=args.name,
@@ -149,6 +171,9 @@ def main(argv=None) -> int:
         batch_size=8,
         lr=args.lr,
         chip_size=args.chip_size,
+        edge_weight=args.edge_weight,
+        scale_jitter=args.scale_jitter,
+        ema_decay=args.ema_decay,
         gsd_m=0.5,
         heads=3,
         boundary_width_m=1.0,
@@ -166,11 +191,11 @@ def main(argv=None) -> int:
         tta="d4",
         description=(
             f"Default optical (EO) building-footprint model: efficient U-Net ({args.arch}, encoder "
-            f"{'initialised from ImageNet' if args.encoder_weights != 'random' else 'trained from random weights'}) "
+            f"{'initialised from ImageNet' if imagenet_start else 'trained from random weights'}) "
             "at 0.5 m/pixel with footprint, boundary and contact heads. Works on RGB aerial/satellite imagery and on "
             "panchromatic bands (trained with grayscale augmentation). Resamples any input to 0.5 m."
         ),
-        training_data=CREDITS + ([IMAGENET_CREDIT] if args.encoder_weights != "random" and not args.base else []),
+        training_data=CREDITS + ([IMAGENET_CREDIT] if imagenet_start else []),
         licence=(
             "Weights: GPL-2.0-or-later like the plugin. Encoder initialised from Apache-2.0 ImageNet weights. "
             "Training data: ODbL 1.0 (OSM labels), CC BY 4.0 (OAM), CC BY-SA 4.0 (SpaceNet)."
@@ -178,7 +203,7 @@ def main(argv=None) -> int:
         training_command=" ".join(
             [".venv/bin/python scripts/train_default_model.py"] + (sys.argv[1:] if argv is None else list(argv))
         ),
-        card_extra={"default": True},
+        card_extra=card_extra,
     )
     result = train_model(build_pairs(args.data), config, log=lambda message: print(message, flush=True))
     print(json.dumps(result.metrics, indent=2), flush=True)

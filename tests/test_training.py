@@ -331,3 +331,61 @@ def test_one_cycle_lr_follows_torch_one_cycle():
     assert one_cycle_lr(max_lr, 0.0) == pytest.approx(max_lr / 25)
     assert one_cycle_lr(max_lr, 0.1) == pytest.approx(max_lr)
     assert one_cycle_lr(max_lr, 1.0) == pytest.approx(max_lr / 25 / 1e4)
+
+
+def test_edge_weight_counts_outline_errors_more():
+    from footprint_plugin.core.training import compute_loss
+
+    heads = ["footprint", "boundary", "contact"]
+    targets = torch.zeros(1, 3, 8, 8)
+    targets[0, 0, 2:6, 2:6] = 1.0
+    targets[0, 1, 2:6, 2] = 1.0  # one outline column
+    weight = torch.ones(1, 1, 8, 8)
+    on_outline = torch.full((1, 3, 8, 8), -4.0)
+    on_outline[0, 0] = torch.where(targets[0, 0] > 0, 4.0, -4.0)
+    on_outline[0, 0, 2:6, 2] = -4.0  # wrong only on the outline
+    inside = on_outline.clone()
+    inside[0, 0, 2:6, 2] = 4.0
+    inside[0, 0, 2:6, 4] = -4.0  # the same number of wrong pixels, inside the roof
+    plain = [float(compute_loss(x, targets, weight, heads)) for x in (on_outline, inside)]
+    weighted = [float(compute_loss(x, targets, weight, heads, edge_weight=3.0)) for x in (on_outline, inside)]
+    assert plain[0] == pytest.approx(plain[1], rel=1e-4)
+    assert weighted[0] > weighted[1] * 1.2
+
+
+def test_weight_average_follows_the_weights_and_swaps_back():
+    from footprint_plugin.core.training import WeightAverage
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1), torch.nn.BatchNorm2d(1))
+    average = WeightAverage(model, decay=0.5)
+    start = model[0].weight.detach().clone()
+    with torch.no_grad():
+        model[0].weight.add_(2.0)
+    average.update(model)
+    assert torch.allclose(average.state["0.weight"], start + 1.0)
+    live = model[0].weight.detach().clone()
+    with average.swapped_in(model):
+        assert torch.allclose(model[0].weight, start + 1.0)
+    assert torch.equal(model[0].weight, live)
+
+
+def test_edge_weight_scale_jitter_and_weight_average_train(tmp_path, two_areas):
+    config = small_config(tmp_path, heads=3, edge_weight=2.0, scale_jitter=0.3, ema_decay=0.9, out_name="tuned")
+    result = train_model(two_areas, config)
+    training = load_card(result.card_path).extra["training"]
+    assert (training["edge_weight"], training["scale_jitter"], training["ema_decay"]) == (2.0, 0.3, 0.9)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"edge_weight": 1.0, "heads": 1}, "edge weight needs 3 heads"),
+        ({"edge_weight": -1.0, "heads": 3}, "edge weight must be >= 0"),
+        ({"ema_decay": 1.0}, r"decay must be in \[0, 1\)"),
+        ({"scale_jitter": 2.0}, "scale jitter must be between 0 and 1"),
+    ],
+)
+def test_new_training_settings_are_checked_before_any_work(tmp_path, two_areas, overrides, message):
+    with pytest.raises(InputError, match=message):
+        train_model(two_areas, small_config(tmp_path, **overrides))
+    assert not (tmp_path / "models").exists()

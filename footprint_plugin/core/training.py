@@ -11,6 +11,7 @@ write the outputs) each stay small; the epoch loop's state is a TrainingState.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -112,6 +113,43 @@ class TrainingConfig:
     # Learning rate of an ImageNet-initialised encoder relative to the decoder's: a lower rate keeps
     # the pretrained features while the fresh decoder learns.
     encoder_lr_factor: float = 0.25
+    # Extra pixel-loss weight on outline and contact pixels (the boundary/contact targets), so the
+    # model is pushed hardest where whole roofs and the gaps between touching roofs are decided.
+    # 0 weights every pixel alike; needs 3 heads.
+    edge_weight: float = 0.0
+    # Log-scale range of the chip window size (None: the augmentation policy's, 0.15 for EO). 0.3
+    # shows buildings as if imaged at about 0.37-0.67 m when the model works at 0.5 m.
+    scale_jitter: Optional[float] = None
+    # Validate and keep an exponential moving average of the weights (this decay per step; 0: off).
+    # It smooths the epoch-to-epoch noise of small training sets, so the kept model is less of a lottery.
+    ema_decay: float = 0.0
+
+
+class WeightAverage:
+    """An exponential moving average of a model's floating-point weights and buffers."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for key, value in model.state_dict().items():
+            average = self.state[key]
+            if average.is_floating_point():
+                average.mul_(self.decay).add_(value.detach(), alpha=1.0 - self.decay)
+            else:
+                average.copy_(value)
+
+    @contextlib.contextmanager
+    def swapped_in(self, model: torch.nn.Module):
+        """The averaged weights in the model for the duration of the block, the live ones after."""
+        live = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(self.state)
+        try:
+            yield model
+        finally:
+            model.load_state_dict(live)
 
 
 @dataclass
@@ -165,6 +203,13 @@ def _setting_problems(config: TrainingConfig) -> list[str]:
         (config.precision not in ("auto", "fp32"), "precision must be 'auto' or 'fp32'"),
         (config.encoder_weights not in ENCODER_WEIGHTS, f"encoder weights must be one of {', '.join(ENCODER_WEIGHTS)}"),
         (not 0.0 < config.encoder_lr_factor <= 1.0, "the encoder learning-rate factor must be in (0, 1]"),
+        (config.edge_weight < 0, "the edge weight must be >= 0"),
+        (not 0.0 <= config.ema_decay < 1.0, "the weight-average decay must be in [0, 1)"),
+        (config.edge_weight > 0 and config.heads != 3, "the edge weight needs 3 heads (footprint, boundary, contact)"),
+        (
+            config.scale_jitter is not None and not 0.0 <= config.scale_jitter <= 1.0,
+            "the scale jitter must be between 0 and 1",
+        ),
     )
     return [message for failed, message in checks if failed]
 
@@ -352,17 +397,34 @@ def _dice_loss(probabilities: torch.Tensor, targets: torch.Tensor, weight: torch
     return 1.0 - (2.0 * intersection + 1.0) / (total + 1.0)
 
 
+def _edge_pixel_weight(targets: torch.Tensor, weight: torch.Tensor, heads: Sequence[str], edge_weight: float):
+    """The supervision weight raised to 1 + edge_weight on boundary and contact pixels."""
+    edges = [targets[:, i : i + 1] for i, head in enumerate(heads) if head in ("boundary", "contact")]
+    if edge_weight <= 0 or not edges:
+        return weight
+    return weight * (1.0 + edge_weight * torch.amax(torch.cat(edges, dim=1), dim=1, keepdim=True))
+
+
 def compute_loss(
-    logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, heads: Sequence[str], kind: str = "bce"
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    weight: torch.Tensor,
+    heads: Sequence[str],
+    kind: str = "bce",
+    edge_weight: float = 0.0,
 ) -> torch.Tensor:
-    """Masked (BCE or focal) + Dice per head, weighted by head. weight: (B,1,H,W) 0/1 supervision."""
+    """Masked (BCE or focal) + Dice per head, weighted by head. weight: (B,1,H,W) 0/1 supervision.
+
+    edge_weight > 0 weighs the pixel term more on outline and contact pixels (Dice stays unweighted).
+    """
     logits = logits.float()
     bce = functional.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     if kind == "focal":
         p_t = torch.exp(-bce)
         bce = (1.0 - p_t) ** 2 * bce * 2.0
-    denominator = weight.sum().clamp_min(1.0)
-    pixel_term = (bce * weight).sum(dim=(0, 2, 3)) / denominator
+    pixel_weight = _edge_pixel_weight(targets, weight, heads, edge_weight)
+    denominator = pixel_weight.sum().clamp_min(1.0)
+    pixel_term = (bce * pixel_weight).sum(dim=(0, 2, 3)) / denominator
     dice_term = _dice_loss(torch.sigmoid(logits), targets, weight)
     head_weights = torch.tensor([HEAD_LOSS_WEIGHTS.get(h, 1.0) for h in heads], device=logits.device)
     return ((pixel_term + dice_term) * head_weights).sum() / head_weights.sum()
@@ -575,9 +637,15 @@ class TrainingStep:
     """One optimizer step: forward under autocast where it pays, the loss, backward (scaled on CUDA fp16), update."""
 
     def __init__(
-        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device, precision: str
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        device: torch.device,
+        precision: str,
+        edge_weight: float = 0.0,
     ) -> None:
         self.model, self.optimizer, self.device = model, optimizer, device
+        self.edge_weight = edge_weight
         self.amp_dtype = training_amp_dtype(device, precision)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype is torch.float16 else None
 
@@ -593,7 +661,7 @@ class TrainingStep:
             self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
         ):
             logits = self.model(x)
-        loss = compute_loss(logits, y, w, heads, loss_kind)
+        loss = compute_loss(logits, y, w, heads, loss_kind, self.edge_weight)
         if not torch.isfinite(loss):
             raise ModelError("The training loss became NaN/inf. Lower the learning rate (--lr) and try again.")
         if self.scaler is not None:
@@ -806,6 +874,8 @@ class Trainer:
         self.chips_per_epoch = config.chips_per_epoch or self.sampler.auto_chips_per_epoch(config.batch_size)
         self.batches_per_epoch = max(1, math.ceil(self.chips_per_epoch / config.batch_size))
         self.augment_options = AugmentOptions.for_policy(self.card.sensor, config.augmentation)
+        if config.scale_jitter is not None and self.card.sensor != "SAR":
+            self.augment_options.scale_jitter = config.scale_jitter
         self.has_validation = any(r.eval_mask() is not None and r.role != "test" for r in self.rasters)
         if not self.has_validation:
             self.log("Warning: no validation pixels (areas too small to split); the last epoch is kept.")
@@ -839,7 +909,8 @@ class Trainer:
         config = self.config
         groups = _parameter_groups(self.model, config, self.imagenet)
         self.optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
-        self.step_once = TrainingStep(self.model, self.optimizer, self.device, config.precision)
+        self.step_once = TrainingStep(self.model, self.optimizer, self.device, config.precision, config.edge_weight)
+        self.average = WeightAverage(self.model, config.ema_decay) if config.ema_decay > 0 else None
 
     # -- checkpoint ------------------------------------------------------------------------
 
@@ -854,6 +925,8 @@ class Trainer:
             return
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
+        if self.average is not None and saved.get("average") is not None:
+            self.average.state = saved["average"]
         state = self.state
         state.best_state = saved["best_state"]
         state.best_f1, state.best_epoch = float(saved["best_f1"]), int(saved["best_epoch"])
@@ -873,6 +946,7 @@ class Trainer:
                 "epoch": epochs_done,
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
+                "average": self.average.state if self.average is not None else None,
                 "best_state": state.best_state,
                 "best_f1": state.best_f1,
                 "best_epoch": state.best_epoch,
@@ -994,6 +1068,8 @@ class Trainer:
         x, y, w = self.batch_tensors(batch, rng)
         self.set_learning_rate(epoch * self.batches_per_epoch + batch_index)
         loss = self.step_once(x, y, w, self.heads, self.config.loss)
+        if self.average is not None:
+            self.average.update(self.model)
         start_epoch = self.state.start_epoch
         done = (epoch - start_epoch) * self.batches_per_epoch + batch_index + 1
         self.train_progress(self._with_budget(done / ((self.config.epochs - start_epoch) * self.batches_per_epoch)))
@@ -1016,15 +1092,20 @@ class Trainer:
         return summary["f1"] + 1e-3 * record["val_pixel_iou"]  # pixel IoU breaks ties between equal F1s
 
     def validate(self, epoch: int, record: dict[str, Any], epoch_started: float) -> bool:
-        """Score the epoch (without validation, the latest epoch wins), keep the best weights; True if improved."""
+        """Score the epoch (without validation, the latest epoch wins), keep the best weights; True if improved.
+
+        With a weight average, the averaged weights are the ones scored and kept.
+        """
         state = self.state
-        score = self.validation_score(record) if self.has_validation else float(epoch)
+        with self.average.swapped_in(self.model) if self.average is not None else contextlib.nullcontext():
+            score = self.validation_score(record) if self.has_validation else float(epoch)
+            weights = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
         record["seconds"] = round(time.monotonic() - epoch_started, 2)
         state.history.append(record)
         improved = score > state.best_f1
         if improved:
             state.best_f1, state.best_epoch = score, epoch + 1
-            state.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+            state.best_state = weights
             state.epochs_without_gain = 0
         else:
             state.epochs_without_gain += 1
@@ -1099,6 +1180,10 @@ class Trainer:
             "labels_repaired": self.n_fixed,
             "chip_size": config.chip_size,
             "augmentation": config.augmentation,
+            "scale_jitter": self.augment_options.scale_jitter,
+            "edge_weight": config.edge_weight,
+            "ema_decay": config.ema_decay,
+            "empty_chip_ratio": config.empty_chip_ratio,
             "precision": self.step_once.precision_name,
             "epochs": len(self.state.history),
             "seed": config.seed,
