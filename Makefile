@@ -6,7 +6,6 @@ STAMP := $(VENV)/.installed
 PLUGIN_NAME := building_footprints
 QGIS_PROFILE_DIR ?= $(HOME)/.local/share/QGIS/QGIS3/profiles/default
 export QT_QPA_PLATFORM ?= offscreen
-# rasterio bundles its own PROJ; keep QGIS's GDAL from reading it and vice versa.
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: setup test test-desktop demo lint bench zip deploy clean
