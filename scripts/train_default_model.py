@@ -138,6 +138,7 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--ema-decay", type=float, default=0.0, help="validate and keep an average of the weights (0: off)"
     )
+    parser.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
     parser.add_argument("--install", action="store_true", help="copy the trained model into model_zoo/")
     args = parser.parse_args(argv)
 
@@ -174,6 +175,7 @@ def main(argv=None) -> int:
         edge_weight=args.edge_weight,
         scale_jitter=args.scale_jitter,
         ema_decay=args.ema_decay,
+        weight_decay=args.weight_decay,
         gsd_m=0.5,
         heads=3,
         boundary_width_m=1.0,

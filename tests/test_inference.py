@@ -15,17 +15,12 @@ from rasterio.transform import from_origin
 from footprint_plugin.core import zoo
 from footprint_plugin.core.device import describe_devices, select_device
 from footprint_plugin.core.errors import CanceledError, InputError, ModelError, OutputError
-from footprint_plugin.core.inference import (
-    InferenceOptions,
-    blend_ramp,
-    predict_raster,
-    tile_starts,
-    weight_sums,
-)
+from footprint_plugin.core.inference import InferenceOptions, predict_raster
 from footprint_plugin.core.modelcard import ModelCard
 from footprint_plugin.core.models import create_model
 from footprint_plugin.core.raster_io import HEADS_TAG, read_probability
 from footprint_plugin.core.scaling import apply_scaling, compute_scaling_stats
+from footprint_plugin.core.tiling import blend_ramp, tile_starts, weight_sums
 
 torch.set_num_threads(1)  # other processes share the 2 cores; oversubscribed OpenMP is very slow
 FP32 = InferenceOptions(precision="fp32")

@@ -36,16 +36,10 @@ from .errors import FootprintError, InputError, OutputError
 from .modelcard import ModelCard
 from .models import fuse_conv_activation, fuse_conv_bn, reduced_precision_copy
 from .scaling import ScalingStats, apply_scaling, compute_scaling_stats, resolve_bands
-from .tiling import WEIGHT_FLOOR, TileGrid, blend_ramp, pad_tile, round_up, tile_starts, weight_sums
+from .tiling import TileGrid, pad_tile
 from .vocabulary import resolve_threshold
 
 _LOG = logging.getLogger(__name__)
-
-# Names kept here for callers that imported them from inference (they live in core/tiling now);
-# training.predict_array still imports the two private ones until it switches to core.tiling.
-__all__ = ["WEIGHT_FLOOR", "blend_ramp", "pad_tile", "round_up", "tile_starts", "weight_sums"]
-_pad_tile = pad_tile
-_round_up = round_up
 
 # Resample when the raster's GSD differs from the model's by more than this factor.
 GSD_TOLERANCE = 1.25

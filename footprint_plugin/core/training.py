@@ -36,7 +36,7 @@ from .errors import CanceledError, InputError, ModelError, OutputError
 from .evaluate import scores_from_counts
 from .labels import clip_ground_truth, heads_for
 from .modelcard import ModelCard, check_new_model_name, find_model, user_model_dir
-from .tiling import blend_ramp, pad_tile, tile_shape, tile_starts
+from .tiling import TileGrid, pad_tile
 from .vocabulary import DEFAULT_ARCHITECTURE, DEFAULT_EPOCHS, PRETRAINED_WHEELS, check_model_name
 
 LogCallback = Callable[[str], None]
@@ -472,27 +472,26 @@ def predict_array(
     """
     model.eval()
     _channels, rows, cols = image.shape
-    tile_h, tile_w = tile_shape(rows, cols, tile)
-    ramp_h, ramp_w = blend_ramp(tile_h, overlap), blend_ramp(tile_w, overlap)
-    windows = [(r, c) for r in tile_starts(rows, tile_h, overlap) for c in tile_starts(cols, tile_w, overlap)]
+    grid = TileGrid.for_raster(cols, rows, tile, overlap)
+    windows = [(y, x) for y in grid.ys for x in grid.xs]
     accumulated: Optional[np.ndarray] = None
-    weights = np.zeros((rows, cols), np.float32)
     for first in range(0, len(windows), batch_size):
         group = windows[first : first + batch_size]
-        batch = np.stack([pad_tile(image[:, r : r + tile_h, c : c + tile_w], tile_h, tile_w) for r, c in group])
+        batch = np.stack(
+            [pad_tile(image[:, y : y + grid.tile_h, x : x + grid.tile_w], grid.tile_h, grid.tile_w) for y, x in group]
+        )
         with torch.no_grad():
             probabilities = (
                 torch.sigmoid(model(torch.from_numpy(np.ascontiguousarray(batch)).to(device)).float()).cpu().numpy()
             )
         if accumulated is None:
             accumulated = np.zeros((probabilities.shape[1], rows, cols), np.float32)
-        for (r, c), probability in zip(group, probabilities):
-            h, w = min(tile_h, rows - r), min(tile_w, cols - c)
-            weight = np.outer(ramp_h[:h], ramp_w[:w])
-            accumulated[:, r : r + h, c : c + w] += probability[:, :h, :w] * weight
-            weights[r : r + h, c : c + w] += weight
+        for (y, x), probability in zip(group, probabilities):
+            h, w = min(grid.tile_h, rows - y), min(grid.tile_w, cols - x)
+            accumulated[:, y : y + h, x : x + w] += probability[:, :h, :w] * grid.weights[:h, :w]
     assert accumulated is not None
-    return accumulated / np.maximum(weights, 1e-6)
+    # The blend weights are separable, so their sum is the product of the per-axis sums (as in inference).
+    return accumulated / np.outer(grid.norm_y, grid.norm_x)
 
 
 def _polygonize(probabilities: np.ndarray, transform, crs_wkt: str, card: ModelCard, nodata: np.ndarray) -> list:
