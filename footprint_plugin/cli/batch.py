@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..core.vocabulary import DEFAULT_MIN_AREA_M2
 from . import add_common_arguments
 from .common import Reporter
 
@@ -42,7 +43,12 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     parser.add_argument("--precision", default="auto", help="auto (default), fp32, bf16 or fp16")
     parser.add_argument("--threshold", type=float, help="probability threshold (default: from the model card)")
-    parser.add_argument("--min-area", type=float, default=20.0, help="drop buildings smaller than this, m² (20)")
+    parser.add_argument(
+        "--min-area",
+        type=float,
+        default=DEFAULT_MIN_AREA_M2,
+        help=f"drop buildings smaller than this, m² ({DEFAULT_MIN_AREA_M2:g})",
+    )
     parser.add_argument("--regularize", action="store_true", help="square building outlines")
     parser.add_argument("--tta", action="store_true", help="test-time augmentation (the card's policy)")
     parser.add_argument("--batch-size", type=int, help="tiles per batch (default: from device memory)")

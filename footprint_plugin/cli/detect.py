@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..core.vocabulary import DEFAULT_MIN_AREA_M2
 from . import add_common_arguments
 from .common import Reporter
 
@@ -21,7 +22,12 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--model", help="model name or card path (default: the bundled default model)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     parser.add_argument("--threshold", type=float, help="probability threshold (default: from the model card)")
-    parser.add_argument("--min-area", type=float, default=20.0, help="drop buildings smaller than this, m² (20)")
+    parser.add_argument(
+        "--min-area",
+        type=float,
+        default=DEFAULT_MIN_AREA_M2,
+        help=f"drop buildings smaller than this, m² ({DEFAULT_MIN_AREA_M2:g})",
+    )
     parser.add_argument("--regularize", action="store_true", help="square building outlines")
     parser.add_argument("--tta", action="store_true", help="test-time augmentation (the card's policy)")
     parser.add_argument("--float32", action="store_true", help="write float32 probabilities instead of uint8")

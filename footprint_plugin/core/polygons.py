@@ -26,7 +26,7 @@ from .errors import InputError
 from .geometry import Metric, largest_polygon, measure, metric_for
 from .raster_io import HEADS_TAG  # the probability raster format is raster_io's
 from .regularize import regularize_polygon
-from .vocabulary import BUILDING_FIELDS
+from .vocabulary import BUILDING_FIELDS, DEFAULT_MIN_AREA_M2
 
 DEFAULT_HEADS = ("footprint", "boundary", "contact")
 SPLIT_MODES = ("auto", "watershed", "distance", "none")
@@ -37,7 +37,7 @@ class PolygonOptions:
     """How probabilities become polygons. Areas in m², lengths in metres."""
 
     threshold: float = 0.5
-    min_area_m2: float = 20.0  # SpaceNet's 80 px at 0.5 m
+    min_area_m2: float = DEFAULT_MIN_AREA_M2
     hole_area_m2: float = 10.0  # fill holes smaller than this
     simplify_m: Optional[float] = None  # None -> 0.75 pixel, enough to remove pixel staircases
     regularize: bool = False

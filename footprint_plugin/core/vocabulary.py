@@ -34,6 +34,10 @@ DEFAULT_ARCHITECTURE = "unet_efficientnet_lite0"
 # "auto" picks cuda, then mps, then cpu (core.device.select_device), with the reason for any fallback.
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 
+# Detection default shared by the CLI, Processing and the GUI: smaller polygons are dropped. SpaceNet's
+# 80 px at 0.5 m; a validation study (README, Models) found that a lower value adds only false positives.
+DEFAULT_MIN_AREA_M2 = 20.0
+
 # Training defaults shared by the CLI, Processing and the GUI.
 DEFAULT_EPOCHS = 30
 DEFAULT_FINETUNE_EPOCHS = 15

@@ -26,6 +26,7 @@ from qgis.PyQt import uic
 from qgis.PyQt.QtCore import QTimer
 from qgis.PyQt.QtWidgets import QComboBox, QDialog, QDialogButtonBox, QHBoxLayout, QLabel, QWidget
 
+from ..core.vocabulary import DEFAULT_MIN_AREA_M2
 from ..processing.models_choice import DEVICES, default_model
 from . import warmup
 from .warmup import device_summary  # noqa: F401 - kept importable from here
@@ -270,7 +271,7 @@ class DetectDialog(QDialog, FORM_CLASS):
     def _restore_settings(self) -> None:
         value = self.settings.value
         self.deviceCombo.setCurrentText(str(value(SETTINGS_PREFIX + "device", "auto")))
-        self.minAreaSpin.setValue(float(value(SETTINGS_PREFIX + "min_area", 20.0)))
+        self.minAreaSpin.setValue(float(value(SETTINGS_PREFIX + "min_area", DEFAULT_MIN_AREA_M2)))
         self.regularizeCheck.setChecked(str(value(SETTINGS_PREFIX + "regularize", "false")).lower() == "true")
         card = self.selected_card()
         if card is not None and value(SETTINGS_PREFIX + "model", "") == card.name:

@@ -18,7 +18,6 @@ from qgis.core import (
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
     QgsProcessingParameterBoolean,
-    QgsProcessingParameterEnum,
     QgsProcessingParameterFeatureSink,
     QgsProcessingParameterFile,
     QgsProcessingParameterFolderDestination,
@@ -39,26 +38,19 @@ from .base import (
 from .compat import (
     FILE_FOLDER,
     FLAG_ADVANCED,
-    NUMBER_DOUBLE,
     NUMBER_INTEGER,
     SOURCE_POLYGON,
     SOURCE_RASTER,
     WKB_MULTIPOLYGON,
 )
+from .detector_settings import DetectorSettings
 from .messages import user_warnings
-from .models_choice import DEVICES, default_model, model_names, resolve_card
 
 
-class BatchDetectAlgorithm(FootprintAlgorithm):
+class BatchDetectAlgorithm(DetectorSettings, FootprintAlgorithm):
     FOLDER = "FOLDER"
     PATTERN = "PATTERN"
     RASTERS = "RASTERS"
-    MODEL = "MODEL"
-    DEVICE = "DEVICE"
-    THRESHOLD = "THRESHOLD"
-    MIN_AREA = "MIN_AREA"
-    REGULARIZE = "REGULARIZE"
-    TTA = "TTA"
     OUTPUT = "OUTPUT"
     PROBABILITY_FOLDER = "PROBABILITY_FOLDER"
     WORKERS = "WORKERS"
@@ -92,47 +84,7 @@ class BatchDetectAlgorithm(FootprintAlgorithm):
         self.addParameter(
             QgsProcessingParameterMultipleLayers(self.RASTERS, self.tr("Raster tiles"), SOURCE_RASTER, optional=True)
         )
-        names = model_names()
-        self.addParameter(
-            QgsProcessingParameterEnum(
-                self.MODEL,
-                self.tr("Model"),
-                options=names,
-                defaultValue=default_model(names),
-                optional=True,
-                usesStaticStrings=True,
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterEnum(
-                self.DEVICE, self.tr("Device"), options=DEVICES, defaultValue="auto", usesStaticStrings=True
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterNumber(
-                self.THRESHOLD,
-                self.tr("Probability threshold (empty: model card default)"),
-                NUMBER_DOUBLE,
-                optional=True,
-                minValue=0.0,
-                maxValue=1.0,
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterNumber(
-                self.MIN_AREA,
-                self.tr("Minimum building area (m²)"),
-                NUMBER_DOUBLE,
-                defaultValue=20.0,
-                minValue=0.0,
-            )
-        )
-        self.addParameter(QgsProcessingParameterBoolean(self.REGULARIZE, self.tr("Regularize outlines"), False))
-        self.addParameter(
-            QgsProcessingParameterBoolean(
-                self.TTA, self.tr("Test-time augmentation (the model card's policy, e.g. d4: 8 passes)"), False
-            )
-        )
+        self.add_detector_parameters()
         self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, self.tr("Buildings"), SOURCE_POLYGON))
         self.addParameter(
             QgsProcessingParameterFolderDestination(
@@ -216,25 +168,9 @@ class BatchDetectAlgorithm(FootprintAlgorithm):
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
         from ..core.batch import BatchOptions, run_batch
-        from ..core.inference import InferenceOptions
-        from ..core.polygons import PolygonOptions
-        from ..core.vocabulary import resolve_threshold
 
         tiles = self._tiles(parameters, context)
-        card = resolve_card(self.parameterAsEnumString(parameters, self.MODEL, context))
-        threshold_given = parameters.get(self.THRESHOLD) not in (None, "")
-        threshold = resolve_threshold(
-            self.parameterAsDouble(parameters, self.THRESHOLD, context) if threshold_given else None, card.threshold
-        )
-        inference_options = InferenceOptions(
-            device=self.parameterAsEnumString(parameters, self.DEVICE, context) or "auto",
-            tta=self.parameterAsBool(parameters, self.TTA, context),
-        )
-        polygon_options = PolygonOptions(
-            threshold=threshold,
-            min_area_m2=self.parameterAsDouble(parameters, self.MIN_AREA, context),
-            regularize=self.parameterAsBool(parameters, self.REGULARIZE, context),
-        )
+        card, inference_options, polygon_options = self.detector_options(parameters, context)
         probability_folder = self.parameterAsString(parameters, self.PROBABILITY_FOLDER, context)
         self._check_job(tiles, parameters, context, probability_folder, inference_options, polygon_options)
         scheduler = (self.parameterAsString(parameters, self.SCHEDULER, context) or "").strip()

@@ -15,12 +15,9 @@ from qgis.core import (
     QgsProcessingFeedback,
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
-    QgsProcessingParameterBoolean,
-    QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFeatureSink,
     QgsProcessingParameterFeatureSource,
-    QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
     QgsRasterLayer,
@@ -37,9 +34,9 @@ from .base import (
     crs_from_wkt,
     raster_file,
 )
-from .compat import NUMBER_DOUBLE, SOURCE_POLYGON, WKB_MULTIPOLYGON
+from .compat import SOURCE_POLYGON, WKB_MULTIPOLYGON
+from .detector_settings import DetectorSettings
 from .messages import user_warnings
-from .models_choice import DEVICES, default_model, model_names, resolve_card
 
 
 def crop_window(
@@ -110,14 +107,8 @@ class RasterSnapshot:
         return QgsRectangle(self._extent)
 
 
-class DetectBuildingsAlgorithm(FootprintAlgorithm):
+class DetectBuildingsAlgorithm(DetectorSettings, FootprintAlgorithm):
     INPUT = "INPUT"
-    MODEL = "MODEL"
-    DEVICE = "DEVICE"
-    THRESHOLD = "THRESHOLD"
-    MIN_AREA = "MIN_AREA"
-    REGULARIZE = "REGULARIZE"
-    TTA = "TTA"
     EXTENT = "EXTENT"
     MASK = "MASK"
     OUTPUT = "OUTPUT"
@@ -140,46 +131,7 @@ class DetectBuildingsAlgorithm(FootprintAlgorithm):
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Input raster")))
-        names = model_names()
-        self.addParameter(
-            QgsProcessingParameterEnum(
-                self.MODEL,
-                self.tr("Model"),
-                options=names,
-                defaultValue=default_model(names),
-                optional=True,
-                usesStaticStrings=True,
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterEnum(
-                self.DEVICE, self.tr("Device"), options=DEVICES, defaultValue="auto", usesStaticStrings=True
-            )
-        )
-        threshold = QgsProcessingParameterNumber(
-            self.THRESHOLD,
-            self.tr("Probability threshold (empty: model card default)"),
-            NUMBER_DOUBLE,
-            optional=True,
-            minValue=0.0,
-            maxValue=1.0,
-        )
-        self.addParameter(threshold)
-        self.addParameter(
-            QgsProcessingParameterNumber(
-                self.MIN_AREA,
-                self.tr("Minimum building area (m²)"),
-                NUMBER_DOUBLE,
-                defaultValue=20.0,
-                minValue=0.0,
-            )
-        )
-        self.addParameter(QgsProcessingParameterBoolean(self.REGULARIZE, self.tr("Regularize outlines"), False))
-        self.addParameter(
-            QgsProcessingParameterBoolean(
-                self.TTA, self.tr("Test-time augmentation (the model card's policy, e.g. d4: 8 passes)"), False
-            )
-        )
+        self.add_detector_parameters()
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, self.tr("Limit to extent"), optional=True))
         self.addParameter(
             QgsProcessingParameterFeatureSource(
@@ -212,31 +164,15 @@ class DetectBuildingsAlgorithm(FootprintAlgorithm):
     def perform(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
-        from ..core.inference import InferenceOptions
         from ..core.paths import check_outputs
         from ..core.pipeline import check_detect_job, detect_buildings
-        from ..core.polygons import PolygonOptions
-        from ..core.vocabulary import resolve_threshold
 
         layer = getattr(self, "_input", None) or RasterSnapshot.of(
             self.parameterAsRasterLayer(parameters, self.INPUT, context)
         )
         web = webmap.is_web_layer(layer)  # XYZ/WMS/WMTS/…: fetched into a temporary GeoTIFF below
         raster = webmap.display_path(layer) if web else raster_file(layer, self.INPUT)
-        card = resolve_card(self.parameterAsEnumString(parameters, self.MODEL, context))
-        threshold_given = parameters.get(self.THRESHOLD) not in (None, "")
-        threshold = resolve_threshold(
-            self.parameterAsDouble(parameters, self.THRESHOLD, context) if threshold_given else None, card.threshold
-        )
-        inference_options = InferenceOptions(
-            device=self.parameterAsEnumString(parameters, self.DEVICE, context) or "auto",
-            tta=self.parameterAsBool(parameters, self.TTA, context),
-        )
-        polygon_options = PolygonOptions(
-            threshold=threshold,
-            min_area_m2=self.parameterAsDouble(parameters, self.MIN_AREA, context),
-            regularize=self.parameterAsBool(parameters, self.REGULARIZE, context),
-        )
+        card, inference_options, polygon_options = self.detector_options(parameters, context)
         probability = self.parameterAsOutputLayer(parameters, self.PROBABILITY, context) or None
         buildings = self.parameterAsOutputLayer(parameters, self.OUTPUT, context) or None
         # Before any work: no output may be the input raster or the other output.
