@@ -17,14 +17,9 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-HELD_OUT = (
-    ("hotosm_kampala_z19", "eo/hotosm_kampala/mosaic_z19.vrt", "eo/hotosm_kampala/labels.geojson"),
-    ("hotosm_kampala_z20", "eo/hotosm_kampala/mosaic_z20.vrt", "eo/hotosm_kampala/labels.geojson"),
-    (
-        "spacenet4_atlanta_pan",
-        "eo/spacenet4_atlanta_pan/tiles/sample_geotiff.tif",
-        "eo/spacenet4_atlanta_pan/labels.geojson",
-    ),
+from train_default_model import TEST_AREAS  # noqa: E402 - the held-out list lives with the training script
+
+HELD_OUT = TEST_AREAS + (
     # Evaluation only: its imagery licence is unknown, so no bundled model is ever trained on it.
     ("xview2_joplin_pre", "eo/xview2_joplin_pre/mosaic.vrt", "eo/xview2_joplin_pre/labels.geojson"),
 )

@@ -57,44 +57,33 @@ IMAGENET_CREDIT = {
 }
 
 
+# (name, raster, labels) under ../shared/data. One list for this script and evaluate_default_model.py.
+TRAINING_AREAS = (
+    ("hotosm_banepa", "eo/hotosm_banepa/mosaic.vrt", "eo/hotosm_banepa/labels.geojson"),
+    ("hotosm_kathmandu", "eo/hotosm_kathmandu/mosaic_z20.vrt", "eo/hotosm_kathmandu/labels.geojson"),
+    ("hotosm_dar_zanzibar", "eo/hotosm_dar_zanzibar/mosaic_z20.vrt", "eo/hotosm_dar_zanzibar/labels.geojson"),
+)
+RIO_TILES, RIO_LABELS = "eo/spacenet1_rio/tiles", "eo/spacenet1_rio/labels.geojson"
+# Held out of training and model selection; scored only at the end.
+TEST_AREAS = (
+    ("hotosm_kampala_z19", "eo/hotosm_kampala/mosaic_z19.vrt", "eo/hotosm_kampala/labels.geojson"),
+    ("hotosm_kampala_z20", "eo/hotosm_kampala/mosaic_z20.vrt", "eo/hotosm_kampala/labels.geojson"),
+    (
+        "spacenet4_atlanta_pan",
+        "eo/spacenet4_atlanta_pan/tiles/sample_geotiff.tif",
+        "eo/spacenet4_atlanta_pan/labels.geojson",
+    ),
+)
+
+
 def build_pairs(data: Path):
     from footprint_plugin.core.training import TrainingPair
 
-    eo = data / "eo"
-    pairs = [
-        TrainingPair(
-            eo / "hotosm_banepa" / "mosaic.vrt", eo / "hotosm_banepa" / "labels.geojson", name="hotosm_banepa"
-        ),
-        TrainingPair(
-            eo / "hotosm_kathmandu" / "mosaic_z20.vrt",
-            eo / "hotosm_kathmandu" / "labels.geojson",
-            name="hotosm_kathmandu",
-        ),
-        TrainingPair(
-            eo / "hotosm_dar_zanzibar" / "mosaic_z20.vrt",
-            eo / "hotosm_dar_zanzibar" / "labels.geojson",
-            name="hotosm_dar_zanzibar",
-        ),
-    ]
-    for tile in sorted((eo / "spacenet1_rio" / "tiles").glob("*.tif")):
-        pairs.append(TrainingPair(tile, eo / "spacenet1_rio" / "labels.geojson", name="spacenet1_rio"))
+    pairs = [TrainingPair(data / raster, data / labels, name=name) for name, raster, labels in TRAINING_AREAS]
     pairs += [
-        TrainingPair(
-            eo / "hotosm_kampala" / "mosaic_z19.vrt",
-            eo / "hotosm_kampala" / "labels.geojson",
-            name="hotosm_kampala_z19",
-        ),
-        TrainingPair(
-            eo / "hotosm_kampala" / "mosaic_z20.vrt",
-            eo / "hotosm_kampala" / "labels.geojson",
-            name="hotosm_kampala_z20",
-        ),
-        TrainingPair(
-            eo / "spacenet4_atlanta_pan" / "tiles" / "sample_geotiff.tif",
-            eo / "spacenet4_atlanta_pan" / "labels.geojson",
-            name="spacenet4_atlanta_pan",
-        ),
+        TrainingPair(tile, data / RIO_LABELS, name="spacenet1_rio") for tile in sorted((data / RIO_TILES).glob("*.tif"))
     ]
+    pairs += [TrainingPair(data / raster, data / labels, name=name) for name, raster, labels in TEST_AREAS]
     return pairs
 
 
@@ -180,7 +169,7 @@ def main(argv=None) -> int:
         heads=3,
         boundary_width_m=1.0,
         val_fraction=0.2,
-        test_areas=["hotosm_kampala_z19", "hotosm_kampala_z20", "spacenet4_atlanta_pan"],
+        test_areas=[name for name, _raster, _labels in TEST_AREAS],
         empty_chip_ratio=args.empty_chip_ratio,
         patience=args.patience,
         seed=args.seed,

@@ -1098,13 +1098,13 @@ class Trainer:
         state = self.state
         with self.average.swapped_in(self.model) if self.average is not None else contextlib.nullcontext():
             score = self.validation_score(record) if self.has_validation else float(epoch)
-            weights = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+            improved = score > state.best_f1
+            if improved:
+                state.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
         record["seconds"] = round(time.monotonic() - epoch_started, 2)
         state.history.append(record)
-        improved = score > state.best_f1
         if improved:
             state.best_f1, state.best_epoch = score, epoch + 1
-            state.best_state = weights
             state.epochs_without_gain = 0
         else:
             state.epochs_without_gain += 1
