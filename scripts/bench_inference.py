@@ -109,7 +109,7 @@ def make_big_vrt(size: int = 20000) -> Path:
 
 
 def bench_card(architecture: str):
-    from footprint_plugin.core.modelcard import ModelCard
+    from footprint_plugin.core.zoo.modelcard import ModelCard
 
     return ModelCard(
         name=f"bench_{architecture}",
@@ -129,8 +129,8 @@ def random_model(architecture: str) -> torch.nn.Module:
 
     card_path = os.environ.get("FOOTPRINT_BENCH_CARD")
     if card_path:
-        from footprint_plugin.core.modelcard import load_card
-        from footprint_plugin.core.zoo import load_model
+        from footprint_plugin.core.zoo.modelcard import load_card
+        from footprint_plugin.core.zoo.weights import load_model
 
         card = load_card(card_path)
         if card.architecture == architecture and card.in_channels == 3 and card.out_channels == 1:
@@ -158,8 +158,8 @@ def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
 
 
 def model_only(architecture: str, precision: str, device: str, reps: int, batch: int = 2) -> dict:
-    from footprint_plugin.core.device import select_device
-    from footprint_plugin.core.inference import TileRunner, prepare_model
+    from footprint_plugin.core.engine.device import select_device
+    from footprint_plugin.core.engine.inference import TileRunner, prepare_model
 
     choice = select_device(device)
     net = prepare_model(random_model(architecture), choice)
@@ -176,14 +176,14 @@ def model_only(architecture: str, precision: str, device: str, reps: int, batch:
     result = {"model_mps": batch * TILE * TILE / 1e6 / seconds}
     if precision == "bf16":
         reference = runner.run(x, "fp32")
-        from footprint_plugin.core.inference import bf16_agreement
+        from footprint_plugin.core.engine.inference import bf16_agreement
 
         result["bf16_iou"], result["bf16_max_diff"] = bf16_agreement(reference, out, 0.5)
     return result
 
 
 def end_to_end(architecture: str, precision: str, device: str, raster: Path) -> dict:
-    from footprint_plugin.core.inference import InferenceOptions, predict_raster
+    from footprint_plugin.core.engine.inference import InferenceOptions, predict_raster
 
     out = BENCH_DIR / f"prob_{architecture}_{precision}.tif"
     options = InferenceOptions(device=device, precision=precision)
@@ -239,7 +239,7 @@ def run_child(kind: str, arch: str, precision: str, args: argparse.Namespace, bi
 
 
 def main() -> None:
-    from footprint_plugin.core.device import cpu_supports_bf16, select_device
+    from footprint_plugin.core.engine.device import cpu_supports_bf16, select_device
     from footprint_plugin.core.models import ARCHITECTURES
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

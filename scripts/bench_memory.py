@@ -80,7 +80,7 @@ def cheap_card_and_model():
     """A 1-head card and a pointwise network: bright pixels are buildings (exercises every stage)."""
     import torch
 
-    from footprint_plugin.core.modelcard import ModelCard
+    from footprint_plugin.core.zoo.modelcard import ModelCard
 
     class Bright(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -115,8 +115,8 @@ def run_one(width: int, height: int, folder: Path) -> dict:
     """One detection in this process; returns its figures with the peak RSS."""
     import torch
 
-    from footprint_plugin.core.inference import InferenceOptions
-    from footprint_plugin.core.pipeline import detect_buildings
+    from footprint_plugin.core.engine.inference import InferenceOptions
+    from footprint_plugin.core.engine.pipeline import detect_buildings
 
     torch.set_num_threads(1)
     raster = make_vrt(folder, width, height)

@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from footprint_plugin.core.polygons import PolygonOptions, polygonize_array  # noqa: E402
+from footprint_plugin.core.vectors.polygons import PolygonOptions, polygonize_array  # noqa: E402
 
 TARGETS_S_PER_100MP = {"clean": 3.0, "speckled": None, "watershed": 12.0}
 

@@ -31,8 +31,8 @@ def main(argv=None) -> int:
 
     import torch
 
+    from footprint_plugin.core.learning.training import TrainingStep, _select_device
     from footprint_plugin.core.models import create_model
-    from footprint_plugin.core.training import TrainingStep, _select_device
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

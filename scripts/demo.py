@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     from qgis.core import QgsApplication, QgsProcessingFeedback
 
     from footprint_plugin import deps
-    from footprint_plugin.core.modelcard import default_model_name
+    from footprint_plugin.core.zoo.modelcard import default_model_name
     from footprint_plugin.processing.provider import FootprintProvider
 
     provider = FootprintProvider()
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Model: {results['MODEL_USED']}")
     print(f"Outputs: {_shown(buildings)}, {_shown(probability)}")
 
-    from footprint_plugin.core.evaluate import evaluate_files
+    from footprint_plugin.core.vectors.evaluate import evaluate_files
 
     scores = evaluate_files(buildings, labels, raster_path=raster, iou_threshold=0.5).scores
     print(
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Looser match (IoU >= 0.1, the detection lies on a labelled building): {loose.tp} of {loose.tp + loose.fp} "
         f"detections, F1 {loose.f1:.3f}"
     )
-    from footprint_plugin.core.report import write_quicklook
+    from footprint_plugin.core.learning.report import write_quicklook
 
     quicklook = write_quicklook(
         raster, [(labels, {"color": "cyan"}), (buildings, {"color": "red"})], out / "quicklook.png"

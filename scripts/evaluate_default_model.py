@@ -34,10 +34,10 @@ def main(argv=None) -> int:
     parser.add_argument("--min-area", type=float, default=0.0, help="ignore polygons smaller than this in both, m²")
     args = parser.parse_args(argv)
 
-    from footprint_plugin.core.evaluate import evaluate_files
-    from footprint_plugin.core.inference import InferenceOptions
-    from footprint_plugin.core.modelcard import default_model_name, find_model
-    from footprint_plugin.core.pipeline import detect_buildings
+    from footprint_plugin.core.engine.inference import InferenceOptions
+    from footprint_plugin.core.engine.pipeline import detect_buildings
+    from footprint_plugin.core.vectors.evaluate import evaluate_files
+    from footprint_plugin.core.zoo.modelcard import default_model_name, find_model
 
     card = find_model(args.model or default_model_name("EO"))
     results = {}

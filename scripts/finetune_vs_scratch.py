@@ -36,8 +36,8 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from footprint_plugin.core.modelcard import find_model
-    from footprint_plugin.core.training import TrainingConfig, TrainingPair, train_model
+    from footprint_plugin.core.learning.training import TrainingConfig, TrainingPair, train_model
+    from footprint_plugin.core.zoo.modelcard import find_model
 
     kampala = args.data / "eo" / "hotosm_kampala"
     pairs = [TrainingPair(kampala / "mosaic_z20.vrt", kampala / "labels.geojson", name="kampala")]

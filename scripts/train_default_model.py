@@ -77,7 +77,7 @@ TEST_AREAS = (
 
 
 def build_pairs(data: Path):
-    from footprint_plugin.core.training import TrainingPair
+    from footprint_plugin.core.learning.training import TrainingPair
 
     pairs = [TrainingPair(data / raster, data / labels, name=name) for name, raster, labels in TRAINING_AREAS]
     pairs += [
@@ -88,7 +88,7 @@ def build_pairs(data: Path):
 
 
 def main(argv=None) -> int:
-    from footprint_plugin.core.augment import POLICIES as AUGMENTATION_POLICIES
+    from footprint_plugin.core.learning.augment import POLICIES as AUGMENTATION_POLICIES
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=REPO_ROOT.parent / "shared" / "data")
@@ -134,7 +134,7 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from footprint_plugin.core.training import TrainingConfig, train_model
+    from footprint_plugin.core.learning.training import TrainingConfig, train_model
 
     # A continued model keeps its base's ImageNet start, so it keeps the credit and the base's recipe.
     base_card = json.loads(Path(args.base).read_text()) if args.base else None

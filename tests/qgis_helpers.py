@@ -109,9 +109,9 @@ def make_tiny_model(
     """
     import torch
 
-    from footprint_plugin.core import zoo
-    from footprint_plugin.core.modelcard import ModelCard, user_model_dir
     from footprint_plugin.core.models import create_model
+    from footprint_plugin.core.zoo import weights as zoo
+    from footprint_plugin.core.zoo.modelcard import ModelCard, user_model_dir
 
     torch.manual_seed(0)
     architecture = card_fields.pop("architecture", "unet_mobilenetv2")

@@ -84,11 +84,11 @@ print('ok', len({names!r}))
     assert result.stdout.startswith("ok")
 
 
-def _package_target(path: Path, name: str, level: int) -> str | None:
+def _package_target(path: Path, name: str, level: int, package_root: Path | None = None) -> str | None:
     """For an import inside footprint_plugin, the dotted name below footprint_plugin it reaches, else None."""
     if level == 0:
         return name[len("footprint_plugin.") :] if name.startswith("footprint_plugin.") else None
-    package = list(path.relative_to(PACKAGE).parent.parts)
+    package = list(path.relative_to(package_root or PACKAGE).parent.parts)
     if level - 1 > len(package):
         return None
     base = package[: len(package) - (level - 1)]
@@ -172,24 +172,34 @@ print('ok', len({names!r}))
     assert result.stdout.startswith("ok")
 
 
-# Known lazy cycles, each with the reason it is tolerated for now. Keep this empty where possible.
-ALLOWED_CYCLES: set[frozenset[str]] = {
-    # The Dask worker plugin (distributed) fills batch's per-process model cache, and batch starts the
-    # cluster through distributed; both imports are inside functions. Being reworked with core/batch.py.
-    frozenset({"core.batch", "core.distributed"}),
+# The core's subpackages and what each may import (its __init__ docstring says the same). Lower layers never
+# reach up: common <- io <- {models, vectors} <- zoo <- engine <- {learning, batch}.
+CORE_PACKAGES: dict[str, set[str]] = {
+    "common": set(),
+    "io": {"common"},
+    "models": {"common"},
+    "zoo": {"common", "io", "models"},
+    "vectors": {"common", "io"},
+    "engine": {"common", "io", "models", "zoo", "vectors"},
+    "learning": {"common", "io", "models", "zoo", "vectors", "engine"},
+    "batch": {"common", "io", "models", "zoo", "vectors", "engine"},
 }
+# Size limits in core: split by responsibility before a room grows past these.
+MAX_MODULE_LINES = 600
+MAX_CLASS_LINES = 250
+MAX_FUNCTION_LINES = 60
 
 
-def _core_import_graph() -> dict[str, set[str]]:
+def _core_import_graph(core: Path = CORE) -> dict[str, set[str]]:
     """core module -> core modules it imports, at module level or inside functions (a lazy import is still a cycle)."""
     graph: dict[str, set[str]] = {}
-    for path in sorted(CORE.rglob("*.py")):
-        module = ".".join(path.relative_to(PACKAGE).with_suffix("").parts).removesuffix(".__init__")
+    for path in sorted(core.rglob("*.py")):
+        module = ".".join(("core", *path.relative_to(core).with_suffix("").parts)).removesuffix(".__init__")
         targets = set()
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if not isinstance(node, ast.ImportFrom):
                 continue
-            target = _package_target(path, node.module or "", node.level)
+            target = _package_target(path, node.module or "", node.level, core.parent)
             if target is None or not target.startswith("core"):
                 continue
             # "from . import x" / "from .models import x": x may be a submodule, resolved against the graph later.
@@ -203,7 +213,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     known = set(graph)
 
     def resolve(name: str) -> str | None:
-        """The longest known module prefix: core.polygons.PolygonOptions -> core.polygons."""
+        """The longest known module prefix: core.vectors.polygons.PolygonOptions -> core.vectors.polygons."""
         while name and name not in known:
             name = name.rpartition(".")[0]
         return name or None
@@ -230,14 +240,92 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+def _direction_offences(graph: dict[str, set[str]]) -> list[str]:
+    """Imports between core subpackages that the CORE_PACKAGES table does not allow (lazy ones included)."""
+    offences = []
+    for module, targets in graph.items():
+        parts = module.split(".")
+        if len(parts) < 2:
+            continue
+        if parts[1] not in CORE_PACKAGES:
+            offences.append(f"{module} lies outside the core's subpackages {sorted(CORE_PACKAGES)}")
+            continue
+        for target in sorted(targets):
+            other = target.split(".")[1] if target.count(".") >= 1 else ""
+            if other and other != parts[1] and other not in CORE_PACKAGES[parts[1]]:
+                offences.append(
+                    f"{module} imports {target}: core.{parts[1]} may import only {sorted(CORE_PACKAGES[parts[1]])}"
+                )
+    return offences
+
+
+def test_core_is_split_into_the_documented_subpackages():
+    """Every core module lives in one of the subpackages, and each package's docstring says what it owns."""
+    loose = [p.name for p in CORE.glob("*.py") if p.name != "__init__.py"]
+    assert not loose, f"modules directly in core/ (put them in a subpackage): {loose}"
+    packages = {p.name for p in CORE.iterdir() if (p / "__init__.py").is_file()}
+    assert packages == set(CORE_PACKAGES), packages ^ set(CORE_PACKAGES)
+    for name in packages:
+        doc = ast.get_docstring(ast.parse((CORE / name / "__init__.py").read_text(encoding="utf-8"))) or ""
+        assert "May import" in doc, f"core/{name}/__init__.py must say what it owns and what it may import"
+
+
+def test_core_subpackages_import_only_downwards():
+    offences = _direction_offences(_core_import_graph())
+    assert not offences, "core import directions broken:\n" + "\n".join(offences)
+
+
 def test_core_has_no_import_cycles():
-    """Shared helpers live in core/geometry.py and core/vocabulary.py, so no module needs a sibling's private parts."""
+    """Shared helpers live in core/common, so no module needs a sibling's private parts."""
     graph = _core_import_graph()
-    assert {"core.geometry", "core.polygons", "core.regularize"} <= set(graph)
-    assert "core.geometry.largest_polygon" in graph["core.regularize"]
-    cycles = [c for c in _cycles(graph) if frozenset(c) not in ALLOWED_CYCLES]
+    assert {"core.common.geometry", "core.vectors.polygons", "core.vectors.regularize"} <= set(graph)
+    assert "core.common.geometry.largest_polygon" in graph["core.vectors.regularize"]
+    cycles = _cycles(graph)
     assert not cycles, "import cycles in core:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_direction_and_cycle_checks_can_fail(tmp_path):
+    """A lazy import upwards and a lazy circle in a scratch core are both caught."""
+    core = tmp_path / "core"
+    for package in ("common", "engine"):
+        (core / package).mkdir(parents=True)
+        (core / package / "__init__.py").write_text("")
+    (core / "__init__.py").write_text("")
+    (core / "common" / "errors.py").write_text("def f():\n    from ..engine import pipeline\n")
+    (core / "engine" / "pipeline.py").write_text("from ..common.errors import f\n")
+    graph = _core_import_graph(core)
+    assert any("core.common.errors imports core.engine" in o for o in _direction_offences(graph))
+    assert _cycles(graph) == [["core.common.errors", "core.engine.pipeline", "core.common.errors"]]
     assert _cycles({"a": {"b"}, "b": {"a"}}) == [["a", "b", "a"]]
+
+
+def _size_offences(root: Path = CORE) -> list[str]:
+    offences = []
+    for path in sorted(root.rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        where = str(path.relative_to(root.parent))
+        if (lines := len(text.splitlines())) > MAX_MODULE_LINES:
+            offences.append(f"{where}: {lines} lines (at most {MAX_MODULE_LINES})")
+        for node in ast.walk(ast.parse(text)):
+            span = (getattr(node, "end_lineno", None) or 0) - getattr(node, "lineno", 0) + 1
+            if isinstance(node, ast.ClassDef) and span > MAX_CLASS_LINES:
+                offences.append(f"{where}:{node.lineno} class {node.name}: {span} lines (at most {MAX_CLASS_LINES})")
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and span > MAX_FUNCTION_LINES:
+                offences.append(f"{where}:{node.lineno} def {node.name}: {span} lines (at most {MAX_FUNCTION_LINES})")
+    return offences
+
+
+def test_core_rooms_stay_small():
+    offences = _size_offences()
+    assert not offences, "split these by responsibility:\n" + "\n".join(offences)
+
+
+def test_size_check_can_fail(tmp_path):
+    core = tmp_path / "core"
+    core.mkdir()
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
+    (core / "big.py").write_text(f"def long():\n{body}\n")
+    assert any("def long" in o for o in _size_offences(core))
 
 
 def _qt_namespaces() -> dict[str, object]:

@@ -22,7 +22,7 @@ import pytest
 from conftest import REPO_ROOT, synthetic_buildings, write_geotiff
 from rasterio.transform import from_origin
 
-from footprint_plugin.core.errors import FootprintError, ModelError
+from footprint_plugin.core.common.errors import FootprintError, ModelError
 
 BUNDLED = "footprint_eo_mobilenet"
 # Every bundled model, whichever is the default (the corrupt user cards must not hide any of them).
@@ -40,7 +40,7 @@ def _sha(path: Path) -> str:
 def _write_vectors(folder: Path) -> None:
     import shapely
 
-    from footprint_plugin.core.vector_io import write_polygons
+    from footprint_plugin.core.io.vector_io import write_polygons
 
     boxes = [shapely.box(600010 + 20 * i, 5749900, 600020 + 20 * i, 5749910) for i in range(4)]
     attrs = [{"score": 0.9} for _ in boxes]
@@ -70,7 +70,7 @@ def _write_rasters(folder: Path) -> None:
 
 def _write_cards(folder: Path, weights: Path) -> None:
     """Cards to import: each one wrong in one way (beside real torch weights)."""
-    from footprint_plugin.core.modelcard import load_card
+    from footprint_plugin.core.zoo.modelcard import load_card
 
     good = load_card(REPO_ROOT / "model_zoo" / f"{BUNDLED}.json").to_dict()
     shutil.copy(weights, folder / "weights.pt")
@@ -335,7 +335,7 @@ def test_model_manager_import_refuses(world, tmp_path, monkeypatch, name, card_f
 
 
 def test_model_manager_delete_never_leaves_the_model_folder(world, tmp_path, monkeypatch):
-    from footprint_plugin.core.modelcard import ModelCard
+    from footprint_plugin.core.zoo.modelcard import ModelCard
     from footprint_plugin.gui.model_manager import delete_user_model
 
     users = tmp_path / "users"
@@ -377,7 +377,7 @@ def test_model_manager_import_and_delete_a_good_model(world, tmp_path, monkeypat
 
 
 def test_listing_skips_a_bad_card_with_a_warning_naming_file_and_field(world):
-    from footprint_plugin.core.modelcard import BUNDLED_ZOO_DIR, find_model, scan_models
+    from footprint_plugin.core.zoo.modelcard import BUNDLED_ZOO_DIR, find_model, scan_models
 
     cards, problems = scan_models([BUNDLED_ZOO_DIR, world / "users"])
     assert sorted(c.name for c in cards) == BUNDLED_NAMES
@@ -387,7 +387,7 @@ def test_listing_skips_a_bad_card_with_a_warning_naming_file_and_field(world):
 
 
 def test_a_user_card_with_a_bundled_name_is_reported_not_silently_hidden(tmp_path):
-    from footprint_plugin.core.modelcard import BUNDLED_ZOO_DIR, scan_models
+    from footprint_plugin.core.zoo.modelcard import BUNDLED_ZOO_DIR, scan_models
 
     shutil.copy(BUNDLED_ZOO_DIR / f"{BUNDLED}.json", tmp_path / f"{BUNDLED}.json")
     shutil.copy(BUNDLED_ZOO_DIR / f"{BUNDLED}.pt", tmp_path / f"{BUNDLED}.pt")
@@ -475,8 +475,8 @@ def test_processing_refuses_bad_input(provider, world, out_dir, name, algorithm,
 
 def test_gdal_read_failure_names_the_file_for_training_too(world):
     """Training reads through raster_io.read_block, so a truncated raster is an InputError naming it."""
-    from footprint_plugin.core import raster_io
-    from footprint_plugin.core.errors import InputError
+    from footprint_plugin.core.common.errors import InputError
+    from footprint_plugin.core.io import raster_io
 
     with pytest.raises(InputError, match="truncated.tif"):
         with raster_io.opened(world / "inputs" / "truncated.tif") as dataset:
@@ -486,8 +486,8 @@ def test_gdal_read_failure_names_the_file_for_training_too(world):
 def test_geopackage_raster_and_vsizip_layers_are_read(world, tmp_path):
     import zipfile
 
-    from footprint_plugin.core import raster_io
-    from footprint_plugin.core.vector_io import read_polygons
+    from footprint_plugin.core.io import raster_io
+    from footprint_plugin.core.io.vector_io import read_polygons
 
     gpkg = tmp_path / "raster.gpkg"
     import rasterio
@@ -500,7 +500,7 @@ def test_geopackage_raster_and_vsizip_layers_are_read(world, tmp_path):
             dst.write(src.read())
     info = raster_io.describe_raster(f"GPKG:{gpkg}:raster")
     assert (info.width, info.height) == (256, 256)
-    from footprint_plugin.core.vector_io import write_polygons
+    from footprint_plugin.core.io.vector_io import write_polygons
 
     labels = read_polygons(world / "inputs" / "gt.gpkg")
     write_polygons(tmp_path / "gt.shp", labels.geometries, labels.attributes, labels.crs_wkt)
@@ -512,9 +512,9 @@ def test_geopackage_raster_and_vsizip_layers_are_read(world, tmp_path):
 
 
 def test_crs_without_geotransform_is_said_not_silently_metres(tmp_path):
-    from footprint_plugin.core import raster_io
-    from footprint_plugin.core.inference import InferenceOptions, plan_grid
-    from footprint_plugin.core.modelcard import load_card
+    from footprint_plugin.core.engine.inference import InferenceOptions, plan_grid
+    from footprint_plugin.core.io import raster_io
+    from footprint_plugin.core.zoo.modelcard import load_card
 
     path = write_geotiff(tmp_path / "nogeo.tif", synthetic_buildings(64)[0], transform=from_origin(0, 0, 1, -1))
     card = load_card(REPO_ROOT / "model_zoo" / f"{BUNDLED}.json")

@@ -1,4 +1,4 @@
-"""Big-area batch jobs (core/batch.py): seamless mosaics, Dask workers, kills, resume, corrupt tiles.
+"""Big-area batch jobs (core/batch/runner.py): seamless mosaics, Dask workers, kills, resume, corrupt tiles.
 
 The model is built here in a second: a random mobile U-Net whose last 1x1 convolution is fitted by least
 squares to find the bright roofs of a synthetic image, so it outputs real building blobs. The tiles are a
@@ -32,9 +32,9 @@ def make_roof_model(folder: Path) -> Path:
     """A tiny model card + weights that find bright rectangles (64 px tiles, percentile scaling)."""
     import torch
 
-    from footprint_plugin.core import zoo
-    from footprint_plugin.core.modelcard import ModelCard
     from footprint_plugin.core.models import create_model
+    from footprint_plugin.core.zoo import weights as zoo
+    from footprint_plugin.core.zoo.modelcard import ModelCard
 
     torch.manual_seed(0)
     model = create_model("unet_mobilenetv2", 3, 1).eval()
@@ -108,7 +108,7 @@ def canonical(geometries) -> list[str]:
 
 
 def read_layer(path: Path):
-    from footprint_plugin.core.vector_io import read_polygons
+    from footprint_plugin.core.io.vector_io import read_polygons
 
     return read_polygons(path)
 
@@ -122,8 +122,8 @@ def job_data(tmp_path_factory):
 
 
 def _options():
-    from footprint_plugin.core.inference import InferenceOptions
-    from footprint_plugin.core.polygons import PolygonOptions
+    from footprint_plugin.core.engine.inference import InferenceOptions
+    from footprint_plugin.core.vectors.polygons import PolygonOptions
 
     # fp32: "auto" may pick bf16 per block on CPUs with AMX, and the comparison wants one precision.
     return InferenceOptions(device="cpu", precision="fp32"), PolygonOptions(threshold=0.5, min_area_m2=5.0)
@@ -132,8 +132,8 @@ def _options():
 @pytest.fixture(scope="module")
 def serial_run(job_data):
     """The serial (in-process) batch, kept as the reference of the other runs."""
-    from footprint_plugin.core.batch import BatchOptions, run_batch
-    from footprint_plugin.core.modelcard import load_card
+    from footprint_plugin.core.batch.runner import BatchOptions, run_batch
+    from footprint_plugin.core.zoo.modelcard import load_card
 
     folder, card_path, tiles = job_data
     inference, polygons = _options()
@@ -153,8 +153,8 @@ def test_adjacent_tiles_give_the_mosaic_result_and_no_building_is_cut(job_data, 
     import rasterio
     from osgeo import gdal
 
-    from footprint_plugin.core.modelcard import load_card
-    from footprint_plugin.core.pipeline import detect_buildings
+    from footprint_plugin.core.engine.pipeline import detect_buildings
+    from footprint_plugin.core.zoo.modelcard import load_card
 
     _folder, card_path, tiles = job_data
     result, out = serial_run
@@ -188,7 +188,7 @@ def test_adjacent_tiles_give_the_mosaic_result_and_no_building_is_cut(job_data, 
 
 def test_blocks_of_one_process_share_one_prepared_network(job_data, serial_run):
     """The copy and fusing of prepare_model run once per process and device, not once per block."""
-    from footprint_plugin.core.batch import _prepared_once, cached_model
+    from footprint_plugin.core.batch.runner import _prepared_once, cached_model
 
     _folder, card_path, _tiles = job_data
     _card, model = cached_model(card_path)
@@ -200,7 +200,7 @@ def test_blocks_of_one_process_share_one_prepared_network(job_data, serial_run):
 @pytest.fixture(scope="module")
 def cluster():
     pytest.importorskip("distributed")
-    from footprint_plugin.core.distributed import start_cluster
+    from footprint_plugin.core.batch.distributed import start_cluster
 
     handle = start_cluster(workers=2)
     yield handle
@@ -208,9 +208,9 @@ def cluster():
 
 
 def test_local_cluster_matches_serial_and_survives_a_killed_worker(job_data, serial_run, cluster, tmp_path):
-    from footprint_plugin.core.batch import BatchOptions, run_batch
-    from footprint_plugin.core.distributed import worker_pids
-    from footprint_plugin.core.modelcard import load_card
+    from footprint_plugin.core.batch.distributed import worker_pids
+    from footprint_plugin.core.batch.runner import BatchOptions, run_batch
+    from footprint_plugin.core.zoo.modelcard import load_card
 
     _folder, card_path, tiles = job_data
     reference, _out = serial_run
@@ -318,8 +318,8 @@ def test_a_corrupt_tile_is_reported_and_the_job_completes(job_data, serial_run, 
 
     from rasterio.transform import from_origin
 
-    from footprint_plugin.core.batch import BatchOptions, run_batch
-    from footprint_plugin.core.modelcard import load_card
+    from footprint_plugin.core.batch.runner import BatchOptions, run_batch
+    from footprint_plugin.core.zoo.modelcard import load_card
 
     _folder, card_path, tiles = job_data
     reference, _out = serial_run
@@ -382,9 +382,9 @@ def test_without_dask_runs_serially_and_says_how_to_enable_workers(job_data, tmp
 
 
 def test_user_errors_say_how_to_fix(job_data, tmp_path):
-    from footprint_plugin.core.batch import BatchOptions, run_batch
-    from footprint_plugin.core.errors import InputError, OutputError
-    from footprint_plugin.core.modelcard import load_card
+    from footprint_plugin.core.batch.runner import BatchOptions, run_batch
+    from footprint_plugin.core.common.errors import InputError, OutputError
+    from footprint_plugin.core.zoo.modelcard import load_card
 
     _folder, card_path, tiles = job_data
     card = load_card(card_path)
@@ -392,7 +392,7 @@ def test_user_errors_say_how_to_fix(job_data, tmp_path):
         run_batch([tiles], tiles / "t_0_0.tif", card, options=BatchOptions(workers=0))
     with pytest.raises(InputError, match="No files matching"):
         run_batch([tmp_path], tmp_path / "o.gpkg", card, options=BatchOptions(workers=0))
-    from footprint_plugin.core.inference import InferenceOptions
+    from footprint_plugin.core.engine.inference import InferenceOptions
 
     # Refused before any block runs (and before a model loads), not in a worker an hour later.
     with pytest.raises(InputError, match="Batch size"):

@@ -10,7 +10,7 @@ from pathlib import Path
 import shapely
 
 from footprint_plugin.cli import main
-from footprint_plugin.core.vector_io import read_polygons, write_polygons
+from footprint_plugin.core.io.vector_io import read_polygons, write_polygons
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

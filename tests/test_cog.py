@@ -10,9 +10,9 @@ import pytest
 import rasterio
 from conftest import synthetic_buildings, write_geotiff
 
-from footprint_plugin.core import raster_io
-from footprint_plugin.core.inference import InferenceOptions, predict_raster
-from footprint_plugin.core.modelcard import ModelCard
+from footprint_plugin.core.engine.inference import InferenceOptions, predict_raster
+from footprint_plugin.core.io import raster_io
+from footprint_plugin.core.zoo.modelcard import ModelCard
 
 
 def _validate(path) -> tuple[list[str], list[str]]:

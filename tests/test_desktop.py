@@ -42,7 +42,7 @@ def _write_project(raster: Path, path: Path) -> Path:
 
 
 def test_detect_buildings_in_real_qgis_desktop(qgis_app, shared_data, tmp_path):
-    from footprint_plugin.core.modelcard import default_model_name
+    from footprint_plugin.core.zoo.modelcard import default_model_name
 
     if ARTIFACTS.exists():
         shutil.rmtree(ARTIFACTS)

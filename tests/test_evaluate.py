@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import shapely
 
-from footprint_plugin.core.errors import InputError
-from footprint_plugin.core.evaluate import evaluate_files, pixel_scores, score_polygons
-from footprint_plugin.core.vector_io import read_polygons, write_polygons
+from footprint_plugin.core.common.errors import InputError
+from footprint_plugin.core.io.vector_io import read_polygons, write_polygons
+from footprint_plugin.core.vectors.evaluate import evaluate_files, pixel_scores, score_polygons
 
 UTM31 = "EPSG:32631"
 

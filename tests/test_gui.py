@@ -145,7 +145,7 @@ def test_train_dialog_trains_and_new_model_is_listed(plugin, qgis_iface, shared_
 def test_model_manager_imports_and_deletes(plugin, tmp_path, tiny_model_dir):
     from building_footprints.footprint_plugin.gui.model_manager import delete_user_model, import_card_and_weights
 
-    from footprint_plugin.core.modelcard import list_models
+    from footprint_plugin.core.zoo.modelcard import list_models
 
     source = tmp_path / "download"
     make_tiny_model(source, name="downloaded_model")
@@ -272,7 +272,7 @@ def test_train_dialog_skips_our_outputs_and_checks_the_name(plugin, qgis_iface, 
     assert len({t for t in texts if t.startswith("same name")}) == 2, texts
     dialog.nameEdit.setText("my,town")
     assert dialog.start() is None and "not allowed" in dialog.statusLabel.text()
-    from footprint_plugin.core.vocabulary import MODEL_NAME_RULE
+    from footprint_plugin.core.common.vocabulary import MODEL_NAME_RULE
 
     assert MODEL_NAME_RULE.split(":")[0] in dialog.statusLabel.text()
 
@@ -280,7 +280,7 @@ def test_train_dialog_skips_our_outputs_and_checks_the_name(plugin, qgis_iface, 
 def test_warnings_in_user_words_once():
     from building_footprints.footprint_plugin.gui.messages import user_warnings
 
-    from footprint_plugin.core.inference import BF16_FALLBACK_WARNING
+    from footprint_plugin.core.engine.inference import BF16_FALLBACK_WARNING
 
     engine = BF16_FALLBACK_WARNING
     assert engine == "Using full precision: the faster mode changed the result on this model."

@@ -12,15 +12,15 @@ import torch
 from conftest import synthetic_buildings, write_geotiff
 from rasterio.transform import from_origin
 
-from footprint_plugin.core import zoo
-from footprint_plugin.core.device import describe_devices, select_device
-from footprint_plugin.core.errors import CanceledError, InputError, ModelError, OutputError
-from footprint_plugin.core.inference import InferenceOptions, predict_raster
-from footprint_plugin.core.modelcard import ModelCard
+from footprint_plugin.core.common.errors import CanceledError, InputError, ModelError, OutputError
+from footprint_plugin.core.engine.device import describe_devices, select_device
+from footprint_plugin.core.engine.inference import InferenceOptions, predict_raster
+from footprint_plugin.core.engine.scaling import apply_scaling, compute_scaling_stats
+from footprint_plugin.core.engine.tiling import blend_ramp, tile_starts, weight_sums
+from footprint_plugin.core.io.raster_io import HEADS_TAG, read_probability
 from footprint_plugin.core.models import create_model
-from footprint_plugin.core.raster_io import HEADS_TAG, read_probability
-from footprint_plugin.core.scaling import apply_scaling, compute_scaling_stats
-from footprint_plugin.core.tiling import blend_ramp, tile_starts, weight_sums
+from footprint_plugin.core.zoo import weights as zoo
+from footprint_plugin.core.zoo.modelcard import ModelCard
 
 torch.set_num_threads(1)  # other processes share the 2 cores; oversubscribed OpenMP is very slow
 FP32 = InferenceOptions(precision="fp32")
@@ -120,10 +120,10 @@ def test_tiled_prediction_equals_whole_image_prediction(make_geotiff, tmp_path, 
 
 
 def test_given_scaling_stats_and_prepared_network_are_used_as_given(make_geotiff, tmp_path):
-    """Batch blocks pass the mosaic's statistics and a network prepared once (core/batch.py)."""
+    """Batch blocks pass the mosaic's statistics and a network prepared once (core/batch/runner.py)."""
     import dataclasses
 
-    from footprint_plugin.core.inference import prepare_model
+    from footprint_plugin.core.engine.inference import prepare_model
 
     card = make_card()  # no weights file: loading the card's network would raise
     model = make_model(card)
@@ -146,7 +146,7 @@ def test_given_scaling_stats_and_prepared_network_are_used_as_given(make_geotiff
 
 def test_training_validation_predicts_like_detect(make_geotiff, tmp_path, image_640):
     """Validation during training must score what Detect buildings produces: same tiles, padding and blend."""
-    from footprint_plugin.core.training import predict_array
+    from footprint_plugin.core.learning.training import predict_array
 
     card = make_card()
     model = make_model(card)
@@ -523,7 +523,7 @@ def test_fp16_on_cpu_falls_back_to_fp32_with_a_note(make_geotiff, tmp_path):
 
 
 def test_auto_precision_on_cpu_is_checked_against_fp32(make_geotiff, tmp_path):
-    from footprint_plugin.core.device import cpu_supports_bf16
+    from footprint_plugin.core.engine.device import cpu_supports_bf16
 
     card = make_card()
     result = predict_raster(
@@ -532,7 +532,7 @@ def test_auto_precision_on_cpu_is_checked_against_fp32(make_geotiff, tmp_path):
     if cpu_supports_bf16():
         assert result.precision in ("bf16", "fp32")
         if result.precision == "fp32":
-            from footprint_plugin.core.inference import BF16_FALLBACK_WARNING
+            from footprint_plugin.core.engine.inference import BF16_FALLBACK_WARNING
 
             assert BF16_FALLBACK_WARNING in result.warnings
     else:
@@ -580,7 +580,7 @@ def test_real_web_mercator_mosaic_is_resampled(shared_data, tmp_path):
 
 @pytest.mark.parametrize("in_size,model_size", [((100, 80), (50, 40)), ((30, 45), (90, 135))])
 def test_grid_resampler_streams_exact_bilinear_interpolation(in_size, model_size):
-    from footprint_plugin.core.inference import GridResampler
+    from footprint_plugin.core.engine.inference import GridResampler
 
     (in_h, in_w), (m_h, m_w) = in_size, model_size
     yy, xx = np.mgrid[0:m_h, 0:m_w].astype(np.float32)
@@ -601,7 +601,7 @@ def test_grid_resampler_streams_exact_bilinear_interpolation(in_size, model_size
 
 
 def test_bf16_agreement_measures_mask_iou_and_probability_change():
-    from footprint_plugin.core.inference import BF16_MIN_MASK_IOU, bf16_agreement
+    from footprint_plugin.core.engine.inference import BF16_MIN_MASK_IOU, bf16_agreement
 
     reference = np.zeros((1, 1, 100, 100), np.float32)
     reference[..., :50, :50] = 0.9  # 25 % buildings
@@ -620,7 +620,7 @@ def test_bf16_agreement_measures_mask_iou_and_probability_change():
 
 @pytest.mark.parametrize("architecture", ["unet_mobilenetv2", "unet_resnet34", "unet_vgg11", "deeplabv3plus_resnet"])
 def test_every_architecture_runs_end_to_end_in_every_cpu_precision(make_geotiff, tmp_path, architecture):
-    from footprint_plugin.core.device import cpu_supports_bf16
+    from footprint_plugin.core.engine.device import cpu_supports_bf16
 
     card = make_card(architecture=architecture, tile_size=64, overlap=16)
     model = make_model(card)
@@ -641,8 +641,8 @@ def test_far_coarser_raster_than_model_is_refused_with_advice(tmp_path):
     """A 10 m raster on a 0.5 m model would be upsampled 20x (400x the work) for nothing: refuse clearly."""
     from rasterio.transform import from_origin
 
-    from footprint_plugin.core.errors import InputError
-    from footprint_plugin.core.inference import predict_raster
+    from footprint_plugin.core.common.errors import InputError
+    from footprint_plugin.core.engine.inference import predict_raster
 
     raster = write_geotiff(
         tmp_path / "coarse.tif", np.full((3, 64, 64), 120, np.uint8), transform=from_origin(600000, 5750000, 10.0, 10.0)
@@ -655,7 +655,7 @@ def test_far_coarser_raster_than_model_is_refused_with_advice(tmp_path):
 
 
 def _card_for_coarse_test():
-    from footprint_plugin.core.modelcard import ModelCard
+    from footprint_plugin.core.zoo.modelcard import ModelCard
 
     return ModelCard(
         name="coarse_test",

@@ -8,11 +8,11 @@ import shapely
 from affine import Affine
 from rasterio.transform import from_origin
 
-from footprint_plugin.core.augment import AugmentOptions, _pan_like, augment_chip, blur_chip, recolor_roofs
-from footprint_plugin.core.chips import ChipSampler, PreparedRaster, assign_spatial_blocks, read_at_gsd
-from footprint_plugin.core.errors import InputError
-from footprint_plugin.core.labels import clip_ground_truth, load_labels, rasterize_region, rasterize_targets
-from footprint_plugin.core.vector_io import write_polygons
+from footprint_plugin.core.common.errors import InputError
+from footprint_plugin.core.io.vector_io import write_polygons
+from footprint_plugin.core.learning.augment import AugmentOptions, _pan_like, augment_chip, blur_chip, recolor_roofs
+from footprint_plugin.core.learning.chips import ChipSampler, PreparedRaster, assign_spatial_blocks, read_at_gsd
+from footprint_plugin.core.learning.labels import clip_ground_truth, load_labels, rasterize_region, rasterize_targets
 
 UTM = "EPSG:32631"
 TRANSFORM = from_origin(600000.0, 5750000.0, 0.5, 0.5)
@@ -223,8 +223,8 @@ def test_read_at_model_gsd_resamples(make_geotiff):
 
 
 def test_no_overlap_between_raster_and_labels(tmp_path, make_geotiff):
-    from footprint_plugin.core.chips import prepare_raster
-    from footprint_plugin.core.modelcard import ModelCard
+    from footprint_plugin.core.learning.chips import prepare_raster
+    from footprint_plugin.core.zoo.modelcard import ModelCard
 
     path = make_geotiff(np.zeros((3, 64, 64), np.uint8) + 100)
     far_away = write_polygons(tmp_path / "far.geojson", [shapely.box(0, 0, 10, 10)], [{}], UTM)

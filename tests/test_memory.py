@@ -14,10 +14,10 @@ import torch
 from conftest import REPO_ROOT, synthetic_buildings, write_geotiff
 from rasterio.transform import from_origin
 
-from footprint_plugin.core import inference
-from footprint_plugin.core.inference import InferenceOptions, predict_raster
-from footprint_plugin.core.modelcard import ModelCard
-from footprint_plugin.core.raster_io import read_probability
+from footprint_plugin.core.engine import inference
+from footprint_plugin.core.engine.inference import InferenceOptions, predict_raster
+from footprint_plugin.core.io.raster_io import read_probability
+from footprint_plugin.core.zoo.modelcard import ModelCard
 
 PEAK_RSS_LIMIT_MB = 1536
 
@@ -125,7 +125,7 @@ def test_window_geometry_is_block_aligned_and_covers_every_column():
 
 
 def test_job_estimate_says_size_time_and_disk(tmp_path):
-    from footprint_plugin.core.inference import check_disk, estimate_job
+    from footprint_plugin.core.engine.inference import check_disk, estimate_job
 
     raster = write_geotiff(tmp_path / "in.tif", synthetic_buildings(300)[0])
     estimate = estimate_job(raster, _card(), InferenceOptions(tta=True), tmp_path / "p.tif")

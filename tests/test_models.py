@@ -8,7 +8,7 @@ import io
 import pytest
 import torch
 
-from footprint_plugin.core.errors import ModelError
+from footprint_plugin.core.common.errors import ModelError
 from footprint_plugin.core.models import ARCHITECTURES, create_model, fuse_conv_bn, list_architectures
 
 torch.set_num_threads(1)  # the 2 cores are shared; oversubscribed OpenMP is very slow
@@ -143,11 +143,11 @@ def test_unet_vgg11_loads_a_ternausnet_style_state_dict():
 
 
 # ---------------------------------------------------------------------------------------------
-# Safe loading and saving (core/zoo.py)
+# Safe loading and saving (core/zoo/weights.py)
 
 
 def _card(name: str = "zoo_test", architecture: str = "unet_mobilenetv2", in_channels: int = 3):
-    from footprint_plugin.core.modelcard import ModelCard
+    from footprint_plugin.core.zoo.modelcard import ModelCard
 
     return ModelCard(
         name=name,
@@ -159,8 +159,8 @@ def _card(name: str = "zoo_test", architecture: str = "unet_mobilenetv2", in_cha
 
 
 def test_save_then_load_round_trip(tmp_path):
-    from footprint_plugin.core import zoo
-    from footprint_plugin.core.modelcard import load_card, sha256_file
+    from footprint_plugin.core.zoo import weights as zoo
+    from footprint_plugin.core.zoo.modelcard import load_card, sha256_file
 
     torch.manual_seed(0)
     model = create_model("unet_mobilenetv2", 3, 1)
@@ -177,8 +177,8 @@ def test_save_then_load_round_trip(tmp_path):
 
 @pytest.mark.parametrize("wrap", ["state_dict", "model", "module_prefix"])
 def test_load_accepts_wrapped_checkpoints(tmp_path, wrap):
-    from footprint_plugin.core import zoo
-    from footprint_plugin.core.modelcard import save_card, sha256_file
+    from footprint_plugin.core.zoo import weights as zoo
+    from footprint_plugin.core.zoo.modelcard import save_card, sha256_file
 
     state = create_model("unet_vgg11", 4, 1).state_dict()
     if wrap == "module_prefix":
@@ -194,8 +194,8 @@ def test_load_accepts_wrapped_checkpoints(tmp_path, wrap):
 
 
 def test_load_rejects_tampered_missing_and_mismatched_weights(tmp_path):
-    from footprint_plugin.core import zoo
-    from footprint_plugin.core.modelcard import save_card, sha256_file
+    from footprint_plugin.core.zoo import weights as zoo
+    from footprint_plugin.core.zoo.modelcard import save_card, sha256_file
 
     card = _card()
     zoo.save_model(create_model("unet_mobilenetv2", 3, 1), card, tmp_path)
@@ -216,8 +216,8 @@ def test_load_rejects_tampered_missing_and_mismatched_weights(tmp_path):
 
 
 def test_load_never_unpickles_code(tmp_path):
-    from footprint_plugin.core import zoo
-    from footprint_plugin.core.modelcard import save_card, sha256_file
+    from footprint_plugin.core.zoo import weights as zoo
+    from footprint_plugin.core.zoo.modelcard import save_card, sha256_file
 
     class Evil:
         def __reduce__(self):

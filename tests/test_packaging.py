@@ -49,7 +49,7 @@ def run_qgis_process(config_root: Path, *args: str, models: Path, cwd: Path) -> 
 def test_zip_has_one_top_level_folder_and_no_dev_files(plugin_zip):
     names = zipfile.ZipFile(plugin_zip).namelist()
     assert {name.split("/")[0] for name in names} == {"building_footprints"}
-    for required in ("__init__.py", "metadata.txt", "LICENSE", "footprint_plugin/core/pipeline.py"):
+    for required in ("__init__.py", "metadata.txt", "LICENSE", "footprint_plugin/core/engine/pipeline.py"):
         assert f"building_footprints/{required}" in names, required
     forbidden = [n for n in names if "/tests/" in n or "__pycache__" in n or "/.venv/" in n or n.endswith(".pyc")]
     assert not forbidden, forbidden

@@ -12,16 +12,16 @@ import pytest
 import rasterio
 from conftest import REPO_ROOT, synthetic_buildings
 
-from footprint_plugin.core.errors import CanceledError, InputError
-from footprint_plugin.core.modelcard import ModelCard
-from footprint_plugin.core.vector_io import read_polygons
+from footprint_plugin.core.common.errors import CanceledError, InputError
+from footprint_plugin.core.io.vector_io import read_polygons
+from footprint_plugin.core.zoo.modelcard import ModelCard
 
 
 @pytest.fixture
 def random_model_card(tmp_path, monkeypatch) -> ModelCard:
     """A small random-weight EO model saved in the (isolated) user model folder."""
     # zero_head: a random network then outputs 0.5 everywhere, so some pixels still pass the threshold.
-    from footprint_plugin.core.modelcard import load_card
+    from footprint_plugin.core.zoo.modelcard import load_card
     from tests.qgis_helpers import make_tiny_model
 
     return load_card(
@@ -41,7 +41,7 @@ def _with_buildings_everywhere(card: ModelCard):
 
 
 def test_detect_buildings_writes_both_outputs_on_the_input_grid(tmp_path, random_model_card):
-    from footprint_plugin.core.pipeline import detect_buildings
+    from footprint_plugin.core.engine.pipeline import detect_buildings
 
     image, mask = synthetic_buildings(384, seed=1)
     raster = tmp_path / "scene.tif"
@@ -89,7 +89,7 @@ def test_progress_moves_before_the_first_tile(tmp_path, random_model_card):
     import torch
     from conftest import write_geotiff
 
-    from footprint_plugin.core.pipeline import detect_buildings
+    from footprint_plugin.core.engine.pipeline import detect_buildings
 
     events: list = []
 
@@ -112,7 +112,7 @@ def test_progress_moves_before_the_first_tile(tmp_path, random_model_card):
 def test_cancel_leaves_no_outputs_and_keeps_existing_files(tmp_path, random_model_card):
     from conftest import write_geotiff
 
-    from footprint_plugin.core.pipeline import detect_buildings
+    from footprint_plugin.core.engine.pipeline import detect_buildings
 
     raster = write_geotiff(tmp_path / "scene.tif", synthetic_buildings(512, seed=2)[0])
     out = tmp_path / "buildings.gpkg"
@@ -133,7 +133,7 @@ def test_cancel_leaves_no_outputs_and_keeps_existing_files(tmp_path, random_mode
 
 
 def test_missing_raster_is_a_clear_input_error(tmp_path, random_model_card):
-    from footprint_plugin.core.pipeline import detect_buildings
+    from footprint_plugin.core.engine.pipeline import detect_buildings
 
     with pytest.raises(InputError, match="not found|does not exist|No such"):
         detect_buildings(tmp_path / "nope.tif", tmp_path / "b.gpkg", random_model_card)
@@ -190,8 +190,8 @@ def test_cli_detect_and_models_print_json_summaries(tmp_path, random_model_card)
 def test_bands_mismatch_names_both_counts(tmp_path, random_model_card):
     from conftest import write_geotiff
 
-    from footprint_plugin.core.errors import FootprintError
-    from footprint_plugin.core.pipeline import detect_buildings
+    from footprint_plugin.core.common.errors import FootprintError
+    from footprint_plugin.core.engine.pipeline import detect_buildings
 
     raster = write_geotiff(tmp_path / "two_bands.tif", np.zeros((2, 64, 64), np.uint8))
     with pytest.raises(FootprintError) as info:
@@ -203,8 +203,8 @@ def test_probability_raster_records_the_threshold_used(tmp_path, random_model_ca
     """The FOOTPRINT_THRESHOLD tag is the threshold the polygons used, not only the card's."""
     from conftest import write_geotiff
 
-    from footprint_plugin.core.pipeline import detect_buildings
-    from footprint_plugin.core.polygons import PolygonOptions
+    from footprint_plugin.core.engine.pipeline import detect_buildings
+    from footprint_plugin.core.vectors.polygons import PolygonOptions
 
     image, _mask = synthetic_buildings(128, seed=3)
     raster = write_geotiff(tmp_path / "scene.tif", image, crs="EPSG:32631")

@@ -10,11 +10,11 @@ import shapely
 from rasterio.transform import from_origin
 from scipy import ndimage
 
-from footprint_plugin.core.errors import CanceledError, InputError
-from footprint_plugin.core.evaluate import score_polygons
-from footprint_plugin.core.polygons import PolygonOptions, polygonize_array, polygonize_raster, write_buildings
-from footprint_plugin.core.vector_io import read_polygons
-from footprint_plugin.core.vocabulary import BUILDING_FIELDS
+from footprint_plugin.core.common.errors import CanceledError, InputError
+from footprint_plugin.core.common.vocabulary import BUILDING_FIELDS
+from footprint_plugin.core.io.vector_io import read_polygons
+from footprint_plugin.core.vectors.evaluate import score_polygons
+from footprint_plugin.core.vectors.polygons import PolygonOptions, polygonize_array, polygonize_raster, write_buildings
 
 UTM = "EPSG:32631"
 TRANSFORM = from_origin(600000.0, 5750000.0, 0.5, 0.5)
@@ -260,7 +260,7 @@ def test_real_labels_round_trip(shared_data):
 @pytest.mark.parametrize("dtype", ["uint8", "float32"])
 def test_reads_what_the_inference_writer_writes(tmp_path, dtype):
     """Contract with core/raster_io.ProbabilityWriter (the probability raster format in ARCHITECTURE.md)."""
-    raster_io = pytest.importorskip("footprint_plugin.core.raster_io")
+    raster_io = pytest.importorskip("footprint_plugin.core.io.raster_io")
     prob = touching_pair()
     valid = np.ones(prob.shape[1:], bool)
     valid[:, :15] = False
@@ -319,11 +319,11 @@ def test_regularized_corners_are_right_angles_on_the_ground_in_lon_lat():
     assert result.attributes[0]["area_m2"] == pytest.approx(50 * 30, rel=0.05)
 
 
-# --------------------------------------------------------------------------- core.geometry
+# --------------------------------------------------------------------------- core.common.geometry
 
 
 def test_geometry_helpers_polygonal_parts():
-    from footprint_plugin.core.geometry import largest_polygon, polygonal_valid
+    from footprint_plugin.core.common.geometry import largest_polygon, polygonal_valid
 
     bowtie = shapely.Polygon([(0, 0), (10, 10), (10, 0), (0, 10)])
     repaired = shapely.make_valid(bowtie)
@@ -348,7 +348,7 @@ def test_geometry_helpers_polygonal_parts():
 def test_geometry_helpers_metric_crs():
     from rasterio.crs import CRS
 
-    from footprint_plugin.core.geometry import crs_is_metric, is_mercator, metric_for, utm_crs_for, utm_zone_epsg
+    from footprint_plugin.core.common.geometry import crs_is_metric, is_mercator, metric_for, utm_crs_for, utm_zone_epsg
 
     assert utm_crs_for(32.58, 0.31) == "EPSG:32636"  # Kampala
     assert utm_crs_for(-84.39, 33.75) == "EPSG:32616"  # Atlanta

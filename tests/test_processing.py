@@ -262,7 +262,7 @@ def test_train_then_finetune(provider, tiny_model, shared_data, kampala_tiles, t
         {**common, "BASE_MODEL": "trained_in_test", "NAME": "tuned_in_test", "AUGMENTATION": "robust"},
     )
     assert Path(tuned["MODEL_CARD"]).is_file()
-    from footprint_plugin.core.modelcard import find_model
+    from footprint_plugin.core.zoo.modelcard import find_model
 
     tuned_card = find_model("tuned_in_test")
     assert tuned_card.architecture == "unet_mobilenetv2" and tuned_card.extra["training"]["augmentation"] == "robust"

@@ -29,7 +29,7 @@ from pathlib import Path
 
 raster, out_dir, variable, folder, when = sys.argv[1:]
 import numpy as np
-from footprint_plugin.core import raster_io
+from footprint_plugin.core.io import raster_io
 
 results = {}
 

@@ -9,10 +9,10 @@ from conftest import synthetic_buildings
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
-from footprint_plugin.core import raster_io
-from footprint_plugin.core.errors import InputError, ModelError, OutputError
-from footprint_plugin.core.modelcard import ModelCard
-from footprint_plugin.core.scaling import apply_scaling, compute_scaling_stats, resolve_bands
+from footprint_plugin.core.common.errors import InputError, ModelError, OutputError
+from footprint_plugin.core.engine.scaling import apply_scaling, compute_scaling_stats, resolve_bands
+from footprint_plugin.core.io import raster_io
+from footprint_plugin.core.zoo.modelcard import ModelCard
 
 
 def test_open_errors(tmp_path):
@@ -141,7 +141,7 @@ def test_percentile_stats_come_from_the_whole_raster_and_ignore_nodata(make_geot
 
 def test_divide_then_meanstd_and_invalid_pixels_are_zero():
     card = card_with({"method": "divide", "value": 255.0, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]})
-    from footprint_plugin.core.scaling import ScalingStats
+    from footprint_plugin.core.engine.scaling import ScalingStats
 
     stats = ScalingStats("divide", [1, 2, 3], 3)
     raw = np.full((3, 2, 2), 255, np.uint8)

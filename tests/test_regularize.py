@@ -9,8 +9,8 @@ import pytest
 import shapely
 from shapely import affinity
 
-from footprint_plugin.core.polygons import _shapes_to_polygons
-from footprint_plugin.core.regularize import dominant_orientation, regularize_polygon
+from footprint_plugin.core.vectors.polygons import _shapes_to_polygons
+from footprint_plugin.core.vectors.regularize import dominant_orientation, regularize_polygon
 
 
 def pixelated(shape, size=220):

@@ -10,11 +10,11 @@ import pytest
 import rasterio
 import torch
 
-from footprint_plugin.core.inference import InferenceOptions, predict_raster
-from footprint_plugin.core.modelcard import ModelCard
+from footprint_plugin.core.engine.inference import InferenceOptions, predict_raster
+from footprint_plugin.core.engine.scaling import apply_scaling, compute_scaling_stats
+from footprint_plugin.core.io.raster_io import read_probability
 from footprint_plugin.core.models import create_model
-from footprint_plugin.core.raster_io import read_probability
-from footprint_plugin.core.scaling import apply_scaling, compute_scaling_stats
+from footprint_plugin.core.zoo.modelcard import ModelCard
 
 pytestmark = pytest.mark.shared
 torch.set_num_threads(1)

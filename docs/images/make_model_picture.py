@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from footprint_plugin.core.report import write_quicklook
+from footprint_plugin.core.learning.report import write_quicklook
 
 
 def main(raster: str, predicted: str, labels: str, out: str, title: str) -> None:

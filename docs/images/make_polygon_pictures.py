@@ -24,9 +24,9 @@ from shapely import affinity  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from footprint_plugin.core.polygons import PolygonOptions, _shapes_to_polygons, polygonize_array  # noqa: E402
-from footprint_plugin.core.regularize import regularize_polygon  # noqa: E402
-from footprint_plugin.core.vector_io import read_polygons  # noqa: E402
+from footprint_plugin.core.io.vector_io import read_polygons  # noqa: E402
+from footprint_plugin.core.vectors.polygons import PolygonOptions, _shapes_to_polygons, polygonize_array  # noqa: E402
+from footprint_plugin.core.vectors.regularize import regularize_polygon  # noqa: E402
 
 OUT = Path(__file__).resolve().parent
 
@@ -157,7 +157,7 @@ def real_raster_picture(data: Path, path: Path) -> str:
     for geom, attrs in zip(result.geometries, result.attributes):
         draw(axes[1], geom, color="cyan" if attrs["regularized"] else "magenta", lw=1.6)
     n_reg = sum(a["regularized"] for a in result.attributes)
-    from footprint_plugin.core.evaluate import score_polygons
+    from footprint_plugin.core.vectors.evaluate import score_polygons
 
     truth = [g.intersection(extent) for g in labels if g.intersection(extent).area > 0]
     scores, _ = score_polygons(result.geometries, truth)

@@ -37,7 +37,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from ..core.errors import CanceledError, FootprintError
+    from ..core.common.errors import CanceledError, FootprintError
 
     parser = build_parser()
     args = parser.parse_args(argv)

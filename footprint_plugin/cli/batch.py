@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..core.vocabulary import DEFAULT_MIN_AREA_M2
+from ..core.common.vocabulary import DEFAULT_MIN_AREA_M2
 from . import add_common_arguments
 from .common import Reporter
 
@@ -97,11 +97,11 @@ class BlockBar:
 
 
 def run(args: argparse.Namespace, reporter: Reporter) -> int:
-    from ..core.batch import BatchOptions, run_batch
-    from ..core.errors import ModelError
-    from ..core.inference import InferenceOptions
-    from ..core.modelcard import default_model_name, find_model
-    from ..core.polygons import PolygonOptions
+    from ..core.batch.runner import BatchOptions, run_batch
+    from ..core.common.errors import ModelError
+    from ..core.engine.inference import InferenceOptions
+    from ..core.vectors.polygons import PolygonOptions
+    from ..core.zoo.modelcard import default_model_name, find_model
 
     model_name = args.model or default_model_name("EO")
     if model_name is None:

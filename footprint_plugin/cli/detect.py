@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..core.vocabulary import DEFAULT_MIN_AREA_M2
+from ..core.common.vocabulary import DEFAULT_MIN_AREA_M2
 from . import add_common_arguments
 from .common import Reporter
 
@@ -37,12 +37,12 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace, reporter: Reporter) -> int:
-    from ..core.errors import ModelError
-    from ..core.inference import InferenceOptions
-    from ..core.modelcard import default_model_name, find_model, model_warnings
-    from ..core.pipeline import check_detect_job, detect_buildings
-    from ..core.polygons import PolygonOptions
-    from ..core.vocabulary import resolve_threshold
+    from ..core.common.errors import ModelError
+    from ..core.common.vocabulary import resolve_threshold
+    from ..core.engine.inference import InferenceOptions
+    from ..core.engine.pipeline import check_detect_job, detect_buildings
+    from ..core.vectors.polygons import PolygonOptions
+    from ..core.zoo.modelcard import default_model_name, find_model, model_warnings
 
     for warning in model_warnings():
         reporter.info(f"Warning: {warning}")

@@ -44,8 +44,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace, reporter: Reporter) -> int:
-    from ..core.evaluate import evaluate_files
-    from ..core.paths import check_outputs
+    from ..core.io.paths import check_outputs
+    from ..core.vectors.evaluate import evaluate_files
 
     # Before any work: a report or layer file that is an input would replace the user's data.
     check_outputs(

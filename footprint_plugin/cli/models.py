@@ -26,8 +26,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace, reporter: Reporter) -> int:
-    from ..core.errors import InputError
-    from ..core.modelcard import delete_model, find_model, import_model, scan_models, user_model_dir
+    from ..core.common.errors import InputError
+    from ..core.zoo.modelcard import delete_model, find_model, import_model, scan_models, user_model_dir
 
     if args.weights and not args.import_card:
         raise InputError("--weights goes with --import CARD.json.")

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from ..core.augment import POLICIES as AUGMENTATION_POLICIES
-from ..core.vocabulary import ARCHITECTURES, DEFAULT_ARCHITECTURE, DEFAULT_EPOCHS, DEFAULT_FINETUNE_EPOCHS
+from ..core.common.vocabulary import ARCHITECTURES, DEFAULT_ARCHITECTURE, DEFAULT_EPOCHS, DEFAULT_FINETUNE_EPOCHS
+from ..core.learning.augment import POLICIES as AUGMENTATION_POLICIES
 from . import add_common_arguments
 from .common import Reporter
 
@@ -113,8 +113,8 @@ def add_parser(subparsers) -> None:
 
 
 def _pairs(args: argparse.Namespace):
-    from ..core.errors import InputError
-    from ..core.training import TrainingPair
+    from ..core.common.errors import InputError
+    from ..core.learning.training import TrainingPair
 
     rasters = list(args.raster)
 
@@ -136,7 +136,7 @@ def _pairs(args: argparse.Namespace):
 
 
 def _config(args: argparse.Namespace, base: Optional[str]):
-    from ..core.training import TrainingConfig
+    from ..core.learning.training import TrainingConfig
 
     return TrainingConfig(
         out_name=args.out,
@@ -172,9 +172,9 @@ def _config(args: argparse.Namespace, base: Optional[str]):
 
 
 def _run(args: argparse.Namespace, reporter: Reporter, base: Optional[str]) -> int:
-    from ..core.modelcard import check_new_model_name
-    from ..core.training import train_model
-    from ..core.vocabulary import check_model_name
+    from ..core.common.vocabulary import check_model_name
+    from ..core.learning.training import train_model
+    from ..core.zoo.modelcard import check_new_model_name
 
     # Before hours of training: the name must be valid and, in the user folder, hide no bundled model.
     check_model_name(args.out) if args.out_dir else check_new_model_name(args.out)

@@ -26,7 +26,7 @@ from qgis.PyQt import uic
 from qgis.PyQt.QtCore import QTimer
 from qgis.PyQt.QtWidgets import QComboBox, QDialog, QDialogButtonBox, QHBoxLayout, QLabel, QWidget
 
-from ..core.vocabulary import DEFAULT_MIN_AREA_M2
+from ..core.common.vocabulary import DEFAULT_MIN_AREA_M2
 from ..processing.models_choice import DEVICES, default_model
 from . import warmup
 from .warmup import device_summary  # noqa: F401 - kept importable from here
@@ -225,7 +225,7 @@ class DetectDialog(QDialog, FORM_CLASS):
     # --- models -----------------------------------------------------------------------------------------
     def reload_models(self) -> None:
         """Re-read the model folders, so models trained or imported since are listed."""
-        from ..core.modelcard import list_models
+        from ..core.zoo.modelcard import list_models
 
         current = self.modelCombo.currentData()
         self.cards = list_models()

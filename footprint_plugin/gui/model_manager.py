@@ -28,22 +28,22 @@ from .detect_dialog import card_html
 
 
 def import_card_and_weights(card_file: Path, weights_file: Optional[Path] = None) -> Any:
-    """Copy a card (and its weights) into the user model folder after checking them (core.modelcard.import_model)."""
-    from ..core.modelcard import import_model
+    """Copy a card (and its weights) into the user model folder after checking them (core.zoo.modelcard.import_model)."""
+    from ..core.zoo.modelcard import import_model
 
     return import_model(Path(card_file), weights_file)
 
 
 def import_spacenet6_baseline(weights_file: Path, name: str) -> Any:
     """Wrap a SpaceNet 6 baseline checkpoint in a model card (core.zoo.import_spacenet6_baseline)."""
-    from ..core.zoo import import_spacenet6_baseline as core_import
+    from ..core.zoo.weights import import_spacenet6_baseline as core_import
 
     return core_import(weights_file, name)
 
 
 def delete_user_model(card: Any) -> None:
-    """Remove a user model's card and weights, never anything outside its folder (core.modelcard.delete_model)."""
-    from ..core.modelcard import delete_model
+    """Remove a user model's card and weights, never anything outside its folder (core.zoo.modelcard.delete_model)."""
+    from ..core.zoo.modelcard import delete_model
 
     delete_model(card)
 
@@ -85,7 +85,7 @@ class ModelManagerDialog(QDialog):
         self.refresh()
 
     def refresh(self, select: Optional[str] = None) -> None:
-        from ..core.modelcard import scan_models, user_model_dir
+        from ..core.zoo.modelcard import scan_models, user_model_dir
 
         self.cards, problems = scan_models()
         self.model_list.clear()
@@ -117,7 +117,7 @@ class ModelManagerDialog(QDialog):
         QMessageBox.warning(self, self.windowTitle(), str(exc))
 
     def _import_card(self) -> None:
-        from ..core.errors import FootprintError
+        from ..core.common.errors import FootprintError
 
         card_file, _ = QFileDialog.getOpenFileName(self, self.tr("Model card"), "", "Model card (*.json)")
         if not card_file:
@@ -130,7 +130,7 @@ class ModelManagerDialog(QDialog):
         self.refresh(select=card.name)
 
     def _import_spacenet(self) -> None:
-        from ..core.errors import FootprintError
+        from ..core.common.errors import FootprintError
 
         weights, _ = QFileDialog.getOpenFileName(
             self, self.tr("SpaceNet 6 baseline weights"), "", "PyTorch weights (*.pth *.pt)"
@@ -150,7 +150,7 @@ class ModelManagerDialog(QDialog):
         self.refresh(select=card.name)
 
     def _delete(self) -> None:
-        from ..core.errors import FootprintError
+        from ..core.common.errors import FootprintError
 
         card = self.selected_card()
         if card is None:
@@ -167,7 +167,7 @@ class ModelManagerDialog(QDialog):
         self.refresh()
 
     def _open_folder(self) -> None:
-        from ..core.modelcard import user_model_dir
+        from ..core.zoo.modelcard import user_model_dir
 
         folder = user_model_dir()
         folder.mkdir(parents=True, exist_ok=True)

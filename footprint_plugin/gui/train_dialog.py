@@ -12,7 +12,7 @@ from qgis.PyQt.QtCore import Qt, QTimer
 from qgis.PyQt.QtGui import QPixmap
 from qgis.PyQt.QtWidgets import QDialog, QDialogButtonBox, QListWidgetItem, QPushButton, QWidget
 
-from ..core.vocabulary import ARCHITECTURES, DEFAULT_ARCHITECTURE, DEFAULT_EPOCHS, DEVICES, model_name_problem
+from ..core.common.vocabulary import ARCHITECTURES, DEFAULT_ARCHITECTURE, DEFAULT_EPOCHS, DEVICES, model_name_problem
 from ..processing.compat import GEOMETRY_POLYGON
 from ..processing.results import is_result_layer
 from .detect_dialog import layer_label
@@ -79,7 +79,7 @@ class TrainDialog(QDialog, FORM_CLASS):
         self.buildingsCombo.setCurrentIndex(digitized[0] if digitized else -1)
 
     def fill_models(self) -> None:
-        from ..core.modelcard import list_models
+        from ..core.zoo.modelcard import list_models
 
         self.baseModelCombo.clear()
         for card in list_models():

@@ -18,7 +18,7 @@ def device_summary() -> tuple[bool, str]:
     """(a GPU is usable, text naming it or saying why none is used). Imports torch: call it from the
     warm-up thread, or once the warm-up is done."""
     try:
-        from ..core.device import select_device
+        from ..core.engine.device import select_device
 
         choice = select_device("auto")
     except Exception as exc:  # noqa: BLE001 - the dialog must open even when torch is broken
@@ -36,7 +36,7 @@ def _work() -> None:
         if not deps.missing_dependencies():
             import torch  # noqa: F401 - the point is to import it now, off the GUI thread
 
-            from ..core import inference, pipeline  # noqa: F401
+            from ..core.engine import inference, pipeline  # noqa: F401
 
             text = device_summary()[1]
         else:

@@ -27,7 +27,7 @@ from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
 # Torch-free (only the engine's error classes), so importing it keeps the provider loadable without deps.
-from ..core import vocabulary as _vocabulary
+from ..core.common import vocabulary as _vocabulary
 
 PLUGIN_ROOT = Path(__file__).resolve().parents[2]
 ICON_PATH = PLUGIN_ROOT / "resources" / "icon.svg"
@@ -278,7 +278,7 @@ class FootprintAlgorithm(QgsProcessingAlgorithm):
         ok, message = self.canExecute()
         if not ok:
             raise QgsProcessingException(message)
-        from ..core.errors import FootprintError
+        from ..core.common.errors import FootprintError
         from . import results
 
         results.remember_inputs(self, parameters, context)

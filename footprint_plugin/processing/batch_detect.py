@@ -1,6 +1,6 @@
 """footprint:batchdetect: a folder (or list) of tiles into one merged building layer with a `tile` field.
 
-The work is the engine's batch job (core/batch.py): touching tiles are one mosaic, so buildings across
+The work is the engine's batch job (core/batch/runner.py): touching tiles are one mosaic, so buildings across
 tile edges come out whole; blocks run in this QGIS process or, as advanced choices, on local Dask
 worker processes or an existing Dask scheduler; a job folder makes a canceled or crashed run resumable.
 """
@@ -35,14 +35,7 @@ from .base import (
     crs_from_wkt,
     raster_file,
 )
-from .compat import (
-    FILE_FOLDER,
-    FLAG_ADVANCED,
-    NUMBER_INTEGER,
-    SOURCE_POLYGON,
-    SOURCE_RASTER,
-    WKB_MULTIPOLYGON,
-)
+from .compat import FILE_FOLDER, FLAG_ADVANCED, NUMBER_INTEGER, SOURCE_POLYGON, SOURCE_RASTER, WKB_MULTIPOLYGON
 from .detector_settings import DetectorSettings
 from .messages import user_warnings
 
@@ -149,8 +142,8 @@ class BatchDetectAlgorithm(DetectorSettings, FootprintAlgorithm):
     ) -> None:
         """Before any work (the model is not loaded yet): no output may be an input tile, and the
         threshold, minimum area and batch size must be usable, so a mistake costs a second, not a run."""
-        from ..core.paths import check_outputs
-        from ..core.pipeline import check_detect_job
+        from ..core.engine.pipeline import check_detect_job
+        from ..core.io.paths import check_outputs
 
         buildings = self.parameterAsOutputLayer(parameters, self.OUTPUT, context) or None
         outputs: dict[str, Any] = {"Buildings": buildings}
@@ -167,7 +160,7 @@ class BatchDetectAlgorithm(DetectorSettings, FootprintAlgorithm):
     def perform(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
-        from ..core.batch import BatchOptions, run_batch
+        from ..core.batch.runner import BatchOptions, run_batch
 
         tiles = self._tiles(parameters, context)
         card, inference_options, polygon_options = self.detector_options(parameters, context)

@@ -164,8 +164,8 @@ class DetectBuildingsAlgorithm(DetectorSettings, FootprintAlgorithm):
     def perform(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
-        from ..core.paths import check_outputs
-        from ..core.pipeline import check_detect_job, detect_buildings
+        from ..core.engine.pipeline import check_detect_job, detect_buildings
+        from ..core.io.paths import check_outputs
 
         layer = getattr(self, "_input", None) or RasterSnapshot.of(
             self.parameterAsRasterLayer(parameters, self.INPUT, context)

@@ -15,14 +15,14 @@ from qgis.core import (
     QgsProcessingParameterNumber,
 )
 
-from ..core.vocabulary import DEFAULT_MIN_AREA_M2
+from ..core.common.vocabulary import DEFAULT_MIN_AREA_M2
 from .compat import NUMBER_DOUBLE
 from .models_choice import DEVICES, default_model, model_names, resolve_card
 
 if TYPE_CHECKING:
-    from ..core.inference import InferenceOptions
-    from ..core.modelcard import ModelCard
-    from ..core.polygons import PolygonOptions
+    from ..core.engine.inference import InferenceOptions
+    from ..core.vectors.polygons import PolygonOptions
+    from ..core.zoo.modelcard import ModelCard
 
 
 class DetectorSettings:
@@ -82,9 +82,9 @@ class DetectorSettings:
         self, parameters: dict[str, Any], context: QgsProcessingContext
     ) -> tuple[ModelCard, InferenceOptions, PolygonOptions]:
         """The chosen model's card and the inference and polygon options the parameters ask for."""
-        from ..core.inference import InferenceOptions
-        from ..core.polygons import PolygonOptions
-        from ..core.vocabulary import resolve_threshold
+        from ..core.common.vocabulary import resolve_threshold
+        from ..core.engine.inference import InferenceOptions
+        from ..core.vectors.polygons import PolygonOptions
 
         card = resolve_card(self.parameterAsEnumString(parameters, self.MODEL, context))
         threshold_given = parameters.get(self.THRESHOLD) not in (None, "")

@@ -97,8 +97,8 @@ class EvaluateFootprintsAlgorithm(FootprintAlgorithm):
     def perform(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
-        from ..core.evaluate import evaluate_files
-        from ..core.paths import check_outputs
+        from ..core.io.paths import check_outputs
+        from ..core.vectors.evaluate import evaluate_files
 
         predicted = source_path(self, parameters, self.PREDICTED, context, feedback)
         reference = source_path(self, parameters, self.REFERENCE, context, feedback)

@@ -10,7 +10,7 @@ from qgis.core import (
     QgsProcessingParameterNumber,
 )
 
-from ..core.vocabulary import DEFAULT_FINETUNE_EPOCHS
+from ..core.common.vocabulary import DEFAULT_FINETUNE_EPOCHS
 from .base import GROUP_TRAIN
 from .compat import NUMBER_INTEGER
 from .models_choice import default_model, model_names, resolve_card

@@ -1,5 +1,5 @@
 """Engine warnings as the user reads them, each shown once. The Processing log and the GUI's message bar
-share this one helper; the engine already words its warnings for users (core/inference.py)."""
+share this one helper; the engine already words its warnings for users (core/engine/inference.py)."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from qgis.core import QgsProcessingException
 
-from ..core import vocabulary
+from ..core.common import vocabulary
 
 DEVICES = list(vocabulary.DEVICES)
 
@@ -17,7 +17,7 @@ def model_names() -> list[str]:
     cards are reported in the QGIS message log, naming the file and the field.
     """
     try:
-        from ..core.modelcard import scan_models
+        from ..core.zoo.modelcard import scan_models
 
         cards, problems = scan_models()
     except Exception as exc:  # noqa: BLE001 - registration must survive anything a model folder holds
@@ -34,7 +34,7 @@ def _log_warning(message: str) -> None:
 
 
 def default_model(names: list[str] | None = None) -> str | None:
-    from ..core.modelcard import default_model_name
+    from ..core.zoo.modelcard import default_model_name
 
     names = model_names() if names is None else names
     try:
@@ -46,7 +46,7 @@ def default_model(names: list[str] | None = None) -> str | None:
 
 def resolve_card(model_name: str | None):
     """The model card for a name (or the default model), with a how-to-fix error when there is none."""
-    from ..core.modelcard import find_model
+    from ..core.zoo.modelcard import find_model
 
     name = model_name or default_model()
     if not name:

@@ -34,7 +34,7 @@ def metric_crs(
     """The source CRS if it is projected, else the UTM zone at the given point (squaring needs metres)."""
     if source_crs.isValid() and not source_crs.isGeographic():
         return source_crs
-    from ..core.geometry import utm_crs_for  # engine import inside: the provider loads without shapely
+    from ..core.common.geometry import utm_crs_for  # engine import inside: the provider loads without shapely
 
     return QgsCoordinateReferenceSystem(utm_crs_for(longitude, latitude))
 
@@ -157,7 +157,7 @@ class RegularizeFootprintsAlgorithm(QgsProcessingFeatureBasedAlgorithm):
     def processFeature(
         self, feature: QgsFeature, context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> list[QgsFeature]:
-        from ..core.regularize import regularize_polygon
+        from ..core.vectors.regularize import regularize_polygon
 
         geometry = feature.geometry()
         flag = False

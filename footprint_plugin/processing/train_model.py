@@ -21,8 +21,8 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from ..core.augment import POLICIES as AUGMENTATIONS
-from ..core.vocabulary import ARCHITECTURES, DEFAULT_ARCHITECTURE, DEFAULT_EPOCHS
+from ..core.common.vocabulary import ARCHITECTURES, DEFAULT_ARCHITECTURE, DEFAULT_EPOCHS
+from ..core.learning.augment import POLICIES as AUGMENTATIONS
 from .base import GROUP_TRAIN, FeedbackAdapter, FootprintAlgorithm, raster_file, source_path
 from .compat import FLAG_ADVANCED, NUMBER_DOUBLE, NUMBER_INTEGER, SOURCE_POLYGON, SOURCE_RASTER
 from .models_choice import DEVICES
@@ -162,8 +162,8 @@ class TrainModelAlgorithm(FootprintAlgorithm):
     def perform(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
-        from ..core.modelcard import check_new_model_name
-        from ..core.training import TrainingConfig, TrainingPair, train_model
+        from ..core.learning.training import TrainingConfig, TrainingPair, train_model
+        from ..core.zoo.modelcard import check_new_model_name
 
         rasters = self.parameterAsLayerList(parameters, self.INPUT, context)
         if not rasters:

@@ -129,7 +129,7 @@ def fetch_area(
     feedback.canceled.connect(block_feedback.cancel)
     error = writer.writeRaster(pipe, width, height, area, crs, context.transformContext(), block_feedback)
     if feedback.isCanceled() or block_feedback.isCanceled():
-        from ..core.errors import CanceledError
+        from ..core.common.errors import CanceledError
 
         raise CanceledError()
     if error != QgsRasterFileWriter.WriterError.NoError or not out.is_file():

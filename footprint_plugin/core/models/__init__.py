@@ -3,7 +3,9 @@
 Every model takes float32 (B, C, H, W) with H and W multiples of 32 and returns logits
 (B, out_channels, H, W). Every model has an ``.encoder`` attribute so fine-tuning can freeze it.
 Encoders live in ``encoders/`` (one module per family); architecture names are listed, torch-free,
-in ``core.vocabulary.ARCHITECTURES``.
+in ``core.common.vocabulary.ARCHITECTURES``.
+
+Owns: the networks, the encoder registry and inference-time optimisations (`optimize`). May import: `common`.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from typing import Callable
 
 from torch import nn
 
-from ..errors import ModelError
-from ..vocabulary import ARCHITECTURES as ARCHITECTURE_NAMES
+from ..common.errors import ModelError
+from ..common.vocabulary import ARCHITECTURES as ARCHITECTURE_NAMES
 from .deeplab import DeepLabV3Plus
 from .encoders import ENCODERS, IMAGENET_LOADERS, create_encoder, imagenet_available
 from .optimize import Float32InputLayer, FusedConvAct, fuse_conv_activation, fuse_conv_bn, reduced_precision_copy
@@ -30,7 +32,7 @@ ARCHITECTURES: dict[str, Callable[[int, int], nn.Module]] = {
     "deeplabv3plus_resnet": DeepLabV3Plus,
 }
 # The torch-free vocabulary is what the front ends offer: it must name exactly these.
-assert tuple(ARCHITECTURES) == ARCHITECTURE_NAMES, "core.vocabulary.ARCHITECTURES is out of date"
+assert tuple(ARCHITECTURES) == ARCHITECTURE_NAMES, "core.common.vocabulary.ARCHITECTURES is out of date"
 
 # Architecture -> the encoder whose ImageNet weights it can start from (training only).
 PRETRAINED_ENCODERS = {

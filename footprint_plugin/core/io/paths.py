@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Mapping, Optional, Union
 
-from .errors import OutputError
+from ..common.errors import OutputError
 
 PathLike = Union[str, Path]
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-from .atomic import remove_quietly, remove_stale_partials, temporary_sibling
-from .callbacks import CancelCallback, ProgressCallback, check_canceled, sub_progress
-from .errors import OutputError
-from .modelcard import ModelCard, find_model
+from ..common.callbacks import CancelCallback, ProgressCallback, check_canceled, sub_progress
+from ..common.errors import OutputError
+from ..io.atomic import remove_quietly, remove_stale_partials, temporary_sibling
+from ..zoo.modelcard import ModelCard, find_model
 
 
 @dataclass
@@ -90,9 +90,9 @@ def check_detect_job(
 
     `labels` names the settings in the caller's words (e.g. {"vector": "--out"}).
     """
+    from ..io.paths import check_folder_writable, check_outputs
+    from ..io.vector_io import DRIVERS_BY_SUFFIX
     from .inference import check_batch_size
-    from .paths import check_folder_writable, check_outputs
-    from .vector_io import DRIVERS_BY_SUFFIX
 
     labels = {
         "raster": "input raster",
@@ -155,8 +155,8 @@ def detect_buildings(
     and never touches files that were already at those paths. Every parameter and output path is
     checked before the model is loaded; `log` receives the job's size estimate before the work.
     """
+    from ..vectors.polygons import PolygonOptions
     from .inference import InferenceOptions
-    from .polygons import PolygonOptions
 
     started = time.monotonic()
     card = card if isinstance(card, ModelCard) else find_model(card)
@@ -210,8 +210,8 @@ def _run_stages(
     model,
 ) -> tuple[Any, Any, float]:
     """Inference, polygons, then the vector file (written atomically by write_buildings)."""
+    from ..vectors.polygons import polygonize_raster, write_buildings
     from .inference import predict_raster, remember_speed, tta_passes
-    from .polygons import polygonize_raster, write_buildings
 
     started = time.monotonic()
     inference = predict_raster(

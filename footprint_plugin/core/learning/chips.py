@@ -16,10 +16,10 @@ import numpy as np
 from affine import Affine
 from shapely.geometry.base import BaseGeometry
 
-from . import raster_io
-from .errors import InputError
+from ..common.errors import InputError
+from ..engine.scaling import apply_scaling, compute_scaling_stats
+from ..io import raster_io
 from .labels import buildings_on_valid_pixels, load_aoi, load_labels, rasterize_region, rasterize_targets
-from .scaling import apply_scaling, compute_scaling_stats
 
 # A raster larger than this (after resampling to the model GSD) is refused: it would not fit in memory.
 MAX_PIXELS_PER_RASTER = 120_000_000

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import InputError
+from ..common.errors import InputError
 
 DASK_HINT = (
     "Dask is not installed, so the blocks ran one after another in this process. For parallel workers "
@@ -139,7 +139,7 @@ def _plugin_class():
             self.workers = workers
 
         def setup(self, worker) -> None:
-            from . import batch
+            from . import runner as batch
 
             pin_device(self.device, worker.name)
             with contextlib.suppress(Exception):  # a failure here resurfaces, with its message, in the first block

@@ -29,15 +29,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import raster_io
-from .callbacks import CancelCallback, ProgressCallback, check_canceled, sub_progress
+from ..common.callbacks import CancelCallback, ProgressCallback, check_canceled, sub_progress
+from ..common.errors import FootprintError, InputError, OutputError
+from ..common.vocabulary import resolve_threshold
+from ..io import raster_io
+from ..models import fuse_conv_activation, fuse_conv_bn, reduced_precision_copy
+from ..zoo.modelcard import ModelCard
 from .device import DeviceChoice, cpu_supports_bf16, is_out_of_memory, select_device
-from .errors import FootprintError, InputError, OutputError
-from .modelcard import ModelCard
-from .models import fuse_conv_activation, fuse_conv_bn, reduced_precision_copy
 from .scaling import ScalingStats, apply_scaling, compute_scaling_stats, resolve_bands
 from .tiling import TileGrid, pad_tile
-from .vocabulary import resolve_threshold
 
 _LOG = logging.getLogger(__name__)
 
@@ -380,7 +380,7 @@ def predict_raster(
     `options.device` resolves to, so repeated calls skip the copy and fusing; it is used as given (and
     `model` is ignored). An out-of-memory fall-back moves it to the CPU in place.
     """
-    from .paths import check_outputs
+    from ..io.paths import check_outputs
 
     options = options or InferenceOptions()
     started = time.perf_counter()
@@ -665,7 +665,7 @@ def _prepare_runner(
             )
     else:
         if model is None:
-            from .zoo import load_model
+            from ..zoo.weights import load_model
 
             model = load_model(card, "cpu")
         net = prepare_model(model, choice)
@@ -917,7 +917,7 @@ def remember_speed(card: ModelCard, result: InferenceResult, passes: int, tile: 
     """Store this run's speed for the next estimate (best effort: a read-only home is fine)."""
     import json
 
-    from .atomic import write_text_atomically
+    from ..io.atomic import write_text_atomically
 
     if result.seconds <= 1.0 or result.megapixels < 0.5:
         return  # too small to say anything about speed
@@ -940,7 +940,7 @@ def estimate_job(
     raster_path: Union[str, Path], card: ModelCard, options: InferenceOptions, out_path: Union[str, Path]
 ) -> JobEstimate:
     """Megapixels, expected time at the measured speed and disk for the probability raster."""
-    from .paths import free_bytes
+    from ..io.paths import free_bytes
 
     options = options or InferenceOptions()
     tile, overlap = check_tile_settings(card, options)

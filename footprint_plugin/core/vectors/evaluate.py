@@ -18,11 +18,11 @@ import numpy as np
 import shapely
 from shapely.geometry.base import BaseGeometry
 
-from .atomic import write_text_atomically
-from .callbacks import CancelCallback, ProgressCallback, check_canceled
-from .errors import InputError
-from .geometry import crs_is_metric
-from .raster_io import use_bundled_proj_data
+from ..common.callbacks import CancelCallback, ProgressCallback, check_canceled
+from ..common.errors import InputError
+from ..common.geometry import crs_is_metric
+from ..io.atomic import write_text_atomically
+from ..io.raster_io import use_bundled_proj_data
 
 CONFIDENCE_FIELDS = ("score", "conf", "confidence")
 
@@ -215,7 +215,7 @@ def split_layer_uri(path: Path | str) -> tuple[Path, Optional[str]]:
 
 
 def _wgs84_centre(path: Path, layer: Optional[str] = None) -> tuple[float, float]:
-    from .vector_io import read_polygons
+    from ..io.vector_io import read_polygons
 
     data = read_polygons(path, target_crs_wkt="EPSG:4326", layer=layer)
     if not data.geometries:
@@ -236,14 +236,14 @@ def choose_metric_crs(
     for wkt in crs_candidates:
         if crs_is_metric(wkt):
             return CRS.from_user_input(wkt).to_wkt()
-    from .geometry import utm_crs_for
+    from ..common.geometry import utm_crs_for
 
     lon, lat = _wgs84_centre(fallback_path, fallback_layer) if fallback_path is not None else (0.0, 0.0)
     return CRS.from_user_input(utm_crs_for(lon, lat)).to_wkt()
 
 
 def _layer_crs(path: Path, layer: Optional[str] = None) -> Optional[str]:
-    from .vector_io import _ogr
+    from ..io.vector_io import _ogr
 
     ogr, _ = _ogr()
     try:
@@ -278,7 +278,7 @@ def _raster_footprint(raster_path: Path, crs_wkt: str) -> BaseGeometry:
 
 
 def _clip(geoms: list[BaseGeometry], region: BaseGeometry) -> list[BaseGeometry]:
-    from .geometry import largest_polygon as _polygonal
+    from ..common.geometry import largest_polygon as _polygonal
 
     shapely.prepare(region)
     out = []
@@ -367,7 +367,7 @@ def _check_evaluation_job(
     predicted, ground_truth, aoi, raster, out_layers, report_json, iou_threshold, min_area_m2
 ) -> None:
     """Every check that needs no geometry, before any work."""
-    from .paths import check_folder_writable, check_outputs, file_part
+    from ..io.paths import check_folder_writable, check_outputs, file_part
 
     # An output that is an input (or the other output) would destroy the user's data.
     check_outputs(
@@ -414,7 +414,7 @@ class _Pair:
 
 
 def _read_pair(predicted_path: Path | str, ground_truth_path: Path | str) -> _Pair:
-    from .vector_io import read_polygons
+    from ..io.vector_io import read_polygons
 
     (pred_file, pred_layer), (gt_file, gt_layer) = split_layer_uri(predicted_path), split_layer_uri(ground_truth_path)
     metric_wkt = choose_metric_crs(
@@ -435,7 +435,7 @@ def _read_pair(predicted_path: Path | str, ground_truth_path: Path | str) -> _Pa
 
 def _scored_region(aoi_path, raster_path, metric_wkt: str) -> Optional[BaseGeometry]:
     """The AOI, the raster's footprint, or both intersected; None scores everything."""
-    from .vector_io import read_polygons
+    from ..io.vector_io import read_polygons
 
     region: Optional[BaseGeometry] = None
     if aoi_path is not None:
@@ -451,7 +451,7 @@ def _scored_region(aoi_path, raster_path, metric_wkt: str) -> Optional[BaseGeome
 
 
 def _write_layers(result: EvaluationResult, path: Path) -> None:
-    from .vector_io import write_polygons
+    from ..io.vector_io import write_polygons
 
     result.layers_path = path
     predicted, ground_truth, matches = result.predicted, result.ground_truth, result.matches

@@ -21,12 +21,12 @@ import shapely.affinity
 from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
-from .callbacks import CancelCallback, ProgressCallback, check_canceled
-from .errors import InputError
-from .geometry import Metric, largest_polygon, measure, metric_for
-from .raster_io import HEADS_TAG  # the probability raster format is raster_io's
+from ..common.callbacks import CancelCallback, ProgressCallback, check_canceled
+from ..common.errors import InputError
+from ..common.geometry import Metric, largest_polygon, measure, metric_for
+from ..common.vocabulary import BUILDING_FIELDS, DEFAULT_MIN_AREA_M2
+from ..io.raster_io import HEADS_TAG  # the probability raster format is raster_io's
 from .regularize import regularize_polygon
-from .vocabulary import BUILDING_FIELDS, DEFAULT_MIN_AREA_M2
 
 DEFAULT_HEADS = ("footprint", "boundary", "contact")
 SPLIT_MODES = ("auto", "watershed", "distance", "none")
@@ -549,7 +549,7 @@ def polygonize_raster(
     """Polygonize a probability GeoTIFF (docs/ARCHITECTURE.md format) block by block."""
     from rasterio.windows import Window
 
-    from .raster_io import open_raster
+    from ..io.raster_io import open_raster
 
     options = options or PolygonOptions()
     prob_path = Path(prob_path)
@@ -606,7 +606,7 @@ def polygonize_raster(
 
 def write_buildings(result: PolygonResult, out_path: Path | str, layer_name: str = "buildings") -> Path:
     """Write the polygons with BUILDING_FIELDS atomically; GeoPackage, or any OGR format by suffix."""
-    from .vector_io import write_polygons
+    from ..io.vector_io import write_polygons
 
     fields = dict(BUILDING_FIELDS)
     for attrs in result.attributes[:1]:

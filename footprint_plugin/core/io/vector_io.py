@@ -15,9 +15,9 @@ from typing import Any, Iterable, Optional, Sequence
 import shapely
 from shapely.geometry.base import BaseGeometry
 
+from ..common.errors import InputError, OutputError
+from ..common.geometry import polygonal_valid
 from .atomic import temporary_sibling
-from .errors import InputError, OutputError
-from .geometry import polygonal_valid
 
 DRIVERS_BY_SUFFIX = {
     ".gpkg": "GPKG",

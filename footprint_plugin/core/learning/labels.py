@@ -17,8 +17,8 @@ import shapely
 from affine import Affine
 from shapely.geometry.base import BaseGeometry
 
-from .errors import InputError
-from .vector_io import read_polygons
+from ..common.errors import InputError
+from ..io.vector_io import read_polygons
 
 HEADS_SINGLE = ("footprint",)
 HEADS_TRIPLE = ("footprint", "boundary", "contact")

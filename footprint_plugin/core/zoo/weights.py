@@ -13,11 +13,11 @@ from typing import Any, Union
 import torch
 from torch import nn
 
-from .atomic import save_torch_atomically
-from .errors import ModelError, OutputError
+from ..common.errors import ModelError, OutputError
+from ..common.vocabulary import check_model_name
+from ..io.atomic import save_torch_atomically
+from ..models import create_model
 from .modelcard import ModelCard, load_card, save_card, sha256_file, user_model_dir
-from .models import create_model
-from .vocabulary import check_model_name
 
 STATE_DICT_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net")
 

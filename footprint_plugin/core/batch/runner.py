@@ -3,7 +3,7 @@ resumable from a job folder.
 
 A job:
 1. Reads every input's header (a corrupt tile is skipped and reported), groups touching tiles of one
-   grid into mosaics (core/mosaic.py) and computes each mosaic's input-scaling statistics once, so
+   grid into mosaics (core/batch/mosaic.py) and computes each mosaic's input-scaling statistics once, so
    every block is scaled like the whole mosaic (per-block statistics would make seams).
 2. Cuts each mosaic into blocks with a margin on the mosaic's inference tile grid, and runs
    `predict_raster` on every block not already done. A block is done when its probability GeoTIFF
@@ -33,11 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
+from ..common.callbacks import CancelCallback, ProgressCallback, check_canceled
+from ..common.errors import CanceledError, FootprintError, InputError, OutputError
+from ..io.atomic import remove_quietly, remove_stale_partials, temporary_sibling, write_text_atomically
+from ..zoo.modelcard import ModelCard, find_model, load_card
 from . import mosaic as mosaic_mod
-from .atomic import remove_quietly, remove_stale_partials, temporary_sibling, write_text_atomically
-from .callbacks import CancelCallback, ProgressCallback, check_canceled
-from .errors import CanceledError, FootprintError, InputError, OutputError
-from .modelcard import ModelCard, find_model, load_card
 
 JOB_VERSION = 1
 JOB_FILE = "job.json"
@@ -174,7 +174,7 @@ def cached_model(card_path: Union[str, Path]) -> tuple[ModelCard, Any]:
     key = (str(Path(card_path).resolve()), card.sha256 or "")
     with _MODEL_LOCK:
         if key not in _MODEL_CACHE:
-            from .zoo import load_model
+            from ..zoo.weights import load_model
 
             _MODEL_CACHE[key] = load_model(card, "cpu")
         return card, _MODEL_CACHE[key]
@@ -187,8 +187,8 @@ def _prepared_once(model: Any, device: str) -> Any:
     """prepare_model memoised per (network, device): a block then skips the copy and fusing (~0.5 s on a
     CPU, as long as a whole block on a GPU). Reused only while the copy still sits on that device (the
     engine moves a runner's network to the CPU after a GPU out-of-memory)."""
-    from .device import select_device
-    from .inference import prepare_model
+    from ..engine.device import select_device
+    from ..engine.inference import prepare_model
 
     choice = select_device(device)
     key = (id(model), str(choice.device))
@@ -218,9 +218,9 @@ def run_block(spec: dict[str, Any], is_canceled: Optional[CancelCallback] = None
     Never raises for a bad block: a read error (corrupt tile) or a user error comes back as status
     "failed" with the message, so one bad tile never stops the job. Cancel still raises.
     """
+    from ..engine.inference import InferenceOptions, predict_raster
+    from ..engine.scaling import ScalingStats
     from . import distributed as dist
-    from .inference import InferenceOptions, predict_raster
-    from .scaling import ScalingStats
 
     started = time.perf_counter()
     block = mosaic_mod.Block(**spec["block"])
@@ -277,7 +277,7 @@ def polygonize_mosaic(spec: dict[str, Any]) -> dict[str, Any]:
     """Polygonize one mosaic from its finished blocks; write its layer (and COG) in the job folder."""
     import shapely
 
-    from .polygons import PolygonOptions, polygonize_raster, write_buildings
+    from ..vectors.polygons import PolygonOptions, polygonize_raster, write_buildings
 
     started = time.perf_counter()
     mosaic = mosaic_mod.Mosaic(
@@ -330,7 +330,7 @@ def write_cog(source: Union[str, Path], out_path: Union[str, Path]) -> Path:
     import rasterio
     import rasterio.shutil
 
-    from . import raster_io
+    from ..io import raster_io
 
     out_path = Path(out_path)
     tmp = temporary_sibling(out_path)
@@ -414,8 +414,8 @@ def _plan(
     job_dir: Path,
     earlier: Optional[dict[str, Any]],
 ) -> _Plan:
-    from . import raster_io
-    from .scaling import compute_scaling_stats
+    from ..engine.scaling import compute_scaling_stats
+    from ..io import raster_io
 
     tiles, skipped = [], []
     for path in paths:
@@ -462,9 +462,9 @@ def _plan(
 
 
 def _check_outputs(paths: Sequence[Path], out_vector: Optional[Path], probability_dir: Optional[Path]) -> None:
-    """No output may replace an input (core/paths.py), and the folders must be usable, before any work."""
-    from .paths import check_folder_writable, check_outputs
-    from .vector_io import DRIVERS_BY_SUFFIX
+    """No output may replace an input (core/io/paths.py), and the folders must be usable, before any work."""
+    from ..io.paths import check_folder_writable, check_outputs
+    from ..io.vector_io import DRIVERS_BY_SUFFIX
 
     inputs = {f"input {p.name}": p for p in paths}
     if out_vector is not None:
@@ -830,8 +830,8 @@ class _Job:
 
     def merge(self) -> tuple[list[Any], list[dict[str, Any]], Optional[str], list[Path]]:
         """Every mosaic's layer, in the first mosaic's CRS; written to the output when there is one."""
-        from .vector_io import read_polygons, write_polygons
-        from .vocabulary import BATCH_FIELDS, BUILDING_FIELDS
+        from ..common.vocabulary import BATCH_FIELDS, BUILDING_FIELDS
+        from ..io.vector_io import read_polygons, write_polygons
 
         assert self.plan is not None
         geometries, attributes, cogs = [], [], []
@@ -851,7 +851,7 @@ class _Job:
             if cog is not None and cog.exists():
                 cogs.append(cog)
         for attrs in attributes:
-            attrs.pop("id", None)  # the layer's own key numbers the buildings (core/vocabulary.py)
+            attrs.pop("id", None)  # the layer's own key numbers the buildings (core/common/vocabulary.py)
             attrs.pop("fid", None)
             attrs["regularized"] = bool(attrs.get("regularized"))
         if self.out_path is not None:
@@ -892,8 +892,8 @@ def run_batch(
     out_vector None: nothing is written, the polygons come back in the result (Processing writes them).
     On cancel or error nothing is written at the output; the job folder keeps the finished blocks.
     """
-    from .inference import InferenceOptions, check_batch_size
-    from .polygons import PolygonOptions
+    from ..engine.inference import InferenceOptions, check_batch_size
+    from ..vectors.polygons import PolygonOptions
 
     started = time.monotonic()
     options = options or BatchOptions()

@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Callable, Iterable, Union
 
-from .errors import OutputError
+from ..common.errors import OutputError
 
 # .<stem>.<pid>.<8 hex>.partial<suffix>: the pid says whether its writer may still be running.
 PARTIAL_RE = re.compile(r"^\..+\.(?P<pid>\d+)\.[0-9a-f]{8}\.partial(\..*)?$")

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
 from xml.sax.saxutils import escape
 
-from .errors import InputError
+from ..common.errors import InputError
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".img", ".jp2", ".png", ".jpg", ".jpeg")
 # Footprints closer than this many pixels count as touching (float rounding of tile corners).
@@ -133,7 +133,7 @@ def describe_tile(path: Union[str, Path]) -> TileInfo:
     """
     from rasterio.windows import Window
 
-    from . import raster_io
+    from ..io import raster_io
 
     path = Path(path)
     with raster_io.opened(path) as ds:

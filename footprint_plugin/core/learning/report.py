@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from .atomic import write_atomically, write_text_atomically
+from ..io.atomic import write_atomically, write_text_atomically
 
 
 def write_training_log(data: dict[str, Any], path: Path) -> Path:
@@ -89,7 +89,7 @@ def write_quicklook(
     import rasterio
     from matplotlib.figure import Figure
 
-    from .vector_io import read_polygons
+    from ..io.vector_io import read_polygons
 
     with rasterio.open(raster) as dataset:
         bands = dataset.read([1, 2, 3] if dataset.count >= 3 else [1, 1, 1]).astype(np.float32)

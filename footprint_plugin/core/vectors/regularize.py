@@ -17,7 +17,7 @@ from shapely import affinity
 from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
-from .geometry import largest_polygon
+from ..common.geometry import largest_polygon
 
 _H, _V, _D = 0, 1, 2
 

@@ -31,7 +31,7 @@ PRETRAINED_WHEELS: dict[str, str] = {
 
 DEFAULT_ARCHITECTURE = "unet_efficientnet_lite0"
 
-# "auto" picks cuda, then mps, then cpu (core.device.select_device), with the reason for any fallback.
+# "auto" picks cuda, then mps, then cpu (core.engine.device.select_device), with the reason for any fallback.
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 
 # Detection default shared by the CLI, Processing and the GUI: smaller polygons are dropped. SpaceNet's
@@ -43,7 +43,7 @@ DEFAULT_EPOCHS = 30
 DEFAULT_FINETUNE_EPOCHS = 15
 
 # The building polygon layer, in field order: name -> Python type (int, float, str, bool). The CLI writes
-# it through core.polygons.write_buildings, Processing through its sink (processing/base.building_fields).
+# it through core.vectors.polygons.write_buildings, Processing through its sink (processing/base.building_fields).
 # There is no "id" field: the layer's own key (GeoPackage fid, PostGIS primary key, Shapefile FID)
 # numbers the buildings 1..n in write order, so an output never carries two keys (fid and id, or id_0).
 BUILDING_FIELDS: dict[str, type] = {

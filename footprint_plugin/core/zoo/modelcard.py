@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .atomic import write_text_atomically
-from .errors import ModelError
+from ..common.errors import ModelError
+from ..io.atomic import write_text_atomically
 
-BUNDLED_ZOO_DIR = Path(__file__).resolve().parents[2] / "model_zoo"
+BUNDLED_ZOO_DIR = Path(__file__).resolve().parents[3] / "model_zoo"
 USER_MODELS_ENV = "FOOTPRINT_USER_MODELS"
 
 SENSORS = ("EO", "SAR")
@@ -168,7 +168,7 @@ def _type_problem(card: ModelCard) -> Optional[str]:
 
 def card_problem(card: ModelCard) -> Optional[str]:
     """Why the card cannot be used (naming the field), or None."""
-    from .vocabulary import ARCHITECTURES, model_name_problem
+    from ..common.vocabulary import ARCHITECTURES, model_name_problem
 
     problem = _type_problem(card)
     if problem:
@@ -341,7 +341,7 @@ def shadowing_problem(name: str) -> Optional[str]:
 
 def check_new_model_name(name: str) -> str:
     """The name for a model about to be trained or imported: the one name rule, and no bundled name."""
-    from .vocabulary import check_model_name
+    from ..common.vocabulary import check_model_name
 
     check_model_name(name)
     problem = shadowing_problem(name)
@@ -402,7 +402,7 @@ def import_model(
     Nothing is copied unless the card is valid, its name follows the rule and hides no bundled model,
     and the weights are a real file beside the card (or the one the user picked) matching its sha256.
     """
-    from .vocabulary import check_model_name
+    from ..common.vocabulary import check_model_name
 
     card_file = Path(card_file)
     card = load_card(card_file)
@@ -428,7 +428,7 @@ def import_model(
         raise ModelError(f"A user model named '{card.name}' exists already. Delete it first or rename the card.")
     card.weights_file, card.sha256 = target_weights.name, actual
     card.validate()
-    from .atomic import copy_atomically, remove_quietly
+    from ..io.atomic import copy_atomically, remove_quietly
 
     copy_atomically(weights, target_weights)
     try:

@@ -15,8 +15,8 @@ from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
+from ..common.errors import InputError, OutputError
 from .atomic import remove_quietly, temporary_sibling
-from .errors import InputError, OutputError
 from .paths import check_folder_writable, gdal_path
 
 EARTH_RADIUS_M = 6371008.8

@@ -20,8 +20,8 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from .errors import InputError, ModelError
-from .modelcard import ModelCard
+from ..common.errors import InputError, ModelError
+from ..zoo.modelcard import ModelCard
 
 # Longest side of the decimated read used for statistics: ~1 M pixels is plenty for percentiles.
 STATS_MAX_SIDE = 1024
@@ -98,7 +98,7 @@ def compute_scaling_stats(
     replicate_to: Optional[int] = None,
 ) -> ScalingStats:
     """Statistics for a whole raster from one decimated read (overviews when present)."""
-    from . import raster_io
+    from ..io import raster_io
 
     params = _scaling_params(card)
     method = params["method"]
