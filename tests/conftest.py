@@ -45,6 +45,22 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def provider(qgis_processing):
+    """Our Processing provider, registered for one test module."""
+    from tests.qgis_helpers import registered_provider
+
+    with registered_provider() as provider:
+        yield provider
+
+
+@pytest.fixture
+def tiny_model(tiny_model_dir, monkeypatch) -> str:
+    """The random-weight tiny_test_model, found by name through the user model folder."""
+    monkeypatch.setenv("FOOTPRINT_USER_MODELS", str(tiny_model_dir))
+    return "tiny_test_model"
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """../shared/data with real imagery and labels; tests using it skip where it is absent."""

@@ -7,6 +7,7 @@ import importlib
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -81,6 +82,22 @@ def install_plugins_menu(iface):
     iface.removePluginRasterMenu = remove_plugin_raster_menu
     iface.raster_menu = raster_menu
     return plugins_menu
+
+
+@contextmanager
+def registered_provider():
+    """Our Processing provider registered in the running QGIS while the block runs (processing.run finds footprint:*)."""
+    from qgis.core import QgsApplication
+
+    from footprint_plugin.processing.provider import FootprintProvider
+
+    registry = QgsApplication.processingRegistry()
+    provider = FootprintProvider()
+    assert registry.addProvider(provider)
+    try:
+        yield provider
+    finally:
+        registry.removeProvider(provider)
 
 
 def wait_until(condition, limit_s: float = 300.0, step_s: float = 0.05) -> bool:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -50,6 +51,12 @@ def _write_vectors(folder: Path) -> None:
     # No "crs" member, so GeoJSON means lon/lat, but the numbers are UTM metres.
     feature = {"type": "Feature", "properties": {}, "geometry": shapely.geometry.mapping(boxes[0])}
     (folder / "utm_nocrs.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [feature]}))
+    # A GeoPackage that already holds our layers beside the user's `roads` (outputs must never drop them).
+    write_polygons(folder / "multi.gpkg", boxes, attrs, "EPSG:32631", layer_name="roads")
+    for layer in ("buildings", "true_positives"):
+        write_polygons(folder / "multi.gpkg", boxes[:1], attrs[:1], "EPSG:32631", layer_name=layer)
+    points = [{"type": "Feature", "properties": {}, "geometry": {"type": "Point", "coordinates": [32.58, 0.31]}}]
+    (folder / "points.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": points}))
 
 
 def _write_rasters(folder: Path) -> None:
@@ -82,8 +89,19 @@ def _write_cards(folder: Path, weights: Path) -> None:
         "card_string_tile.json": {"name": "string_tile", "tile_size": "512"},
         "card_not_weights.json": {"name": "not_weights", "weights_file": "not_weights.pt", "sha256": ""},
         "card_ok.json": {"name": "imported_ok"},
+        "card_pickle.json": {"name": "pickled", "weights_file": "pickled.pt", "sha256": ""},
+        "card_wrong_arch.json": {"name": "wrong_arch", "architecture": "unet_resnet34"},
+        "card_zip.json": {"name": "zipped", "weights_file": "zipped.pt", "sha256": ""},
     }
     (folder / "not_weights.pt").write_text("hello, I am not a tensor")
+    import argparse
+    import zipfile
+
+    import torch
+
+    torch.save({"model": argparse.Namespace(layers=3)}, folder / "pickled.pt")  # code to run, not tensors
+    with zipfile.ZipFile(folder / "zipped.pt", "w") as archive:  # the zip magic, but no torch archive inside
+        archive.writestr("readme.txt", "not a model")
     for name, change in variants.items():
         card = {**good, "weights_file": "weights.pt", **change}
         (folder / name).write_text(json.dumps(card), encoding="utf-8")
@@ -202,10 +220,37 @@ CLI_CASES = [
     ("raster_empty_file", ["detect", f"{IN}/empty.tif", "--out", f"{OUT}/b.gpkg"], 2, "empty file"),
     ("raster_truncated", ["detect", f"{IN}/truncated.tif", "--out", f"{OUT}/b.gpkg"], 2, "re-export"),
     ("raster_corrupt", ["detect", f"{IN}/corrupt.tif", "--out", f"{OUT}/b.gpkg"], 2, "GeoTIFF"),
-    ("vrt_source_missing", ["detect", f"{IN}/missing_source.vrt", "--out", f"{OUT}/b.gpkg"], 2, "VRT"),
+    ("vrt_source_missing", ["detect", f"{IN}/missing_source.vrt", "--out", f"{OUT}/b.gpkg"], 2, "gone.tif"),
     ("evaluate_broken_json", ["evaluate", f"{IN}/pred.gpkg", f"{IN}/broken.json"], 2, "broken JSON"),
     ("evaluate_utm_without_crs", ["evaluate", f"{IN}/pred.gpkg", f"{IN}/utm_nocrs.geojson"], 2, "projected"),
     ("evaluate_predictions_missing", ["evaluate", f"{IN}/nothing.gpkg", f"{IN}/gt.gpkg"], 2, "not found"),
+    ("evaluate_points", ["evaluate", f"{IN}/points.geojson", f"{IN}/gt.gpkg"], 2, "has no polygons"),
+    # Existing files: replaced only on request; a GeoPackage's other layers are always kept
+    (
+        "out_exists",
+        ["detect", f"{IN}/in.tif", "--out", f"{IN}/utm_nocrs.geojson"],
+        2,
+        "exists already. Give --overwrite",
+    ),
+    ("out_layer_exists", ["detect", f"{IN}/in.tif", "--out", f"{IN}/multi.gpkg"], 2, "already has a layer 'buildings'"),
+    (
+        "probability_exists",
+        ["detect", f"{IN}/in.tif", "--out", f"{OUT}/b.gpkg", "--probability", f"{IN}/truncated.tif"],
+        2,
+        "exists already",
+    ),
+    (
+        "evaluate_layers_exist",
+        ["evaluate", f"{IN}/pred.gpkg", f"{IN}/gt.gpkg", "--out-layers", f"{IN}/multi.gpkg"],
+        2,
+        "already has a layer 'true_positives'",
+    ),
+    (
+        "evaluate_report_exists",
+        ["evaluate", f"{IN}/pred.gpkg", f"{IN}/gt.gpkg", "--report", f"{IN}/broken.json"],
+        2,
+        "exists already",
+    ),
     # A bad card never breaks anything else
     ("models_lists_with_bad_card", ["models"], 0, "field 'tile_size'"),
     (
@@ -227,6 +272,9 @@ CLI_CASES = [
     ("import_bundled_name", ["models", "--import", f"{CARDS}/card_bundled_name.json"], 2, "bundled model"),
     ("import_not_weights", ["models", "--import", f"{CARDS}/card_not_weights.json"], 2, "not a PyTorch weights file"),
     ("import_broken_card", ["models", "--import", f"{CARDS}/card_broken.json"], 2, "broken JSON"),
+    ("import_pickle", ["models", "--import", f"{CARDS}/card_pickle.json"], 2, "pickled Python object"),
+    ("import_wrong_shapes", ["models", "--import", f"{CARDS}/card_wrong_arch.json"], 2, "do not fit the architecture"),
+    ("import_zip_not_torch", ["models", "--import", f"{CARDS}/card_zip.json"], 2, "not a PyTorch weights file"),
     ("delete_bundled", ["models", "--delete", BUNDLED], 2, "bundled"),
     (
         "train_bad_name",
@@ -239,6 +287,28 @@ CLI_CASES = [
         ["train", "--raster", f"{IN}/in.tif", "--labels", f"{IN}/gt.gpkg", "--out", BUNDLED],
         2,
         "bundled model",
+    ),
+    (
+        "train_bundled_name_other_folder",
+        ["train", "--raster", f"{IN}/in.tif", "--labels", f"{IN}/gt.gpkg", "--out", BUNDLED, "--out-dir", f"{OUT}/m"],
+        2,
+        "bundled model",
+    ),
+    (
+        "train_fails_leaves_no_folder",
+        [
+            "train",
+            "--raster",
+            f"{IN}/in.tif",
+            "--labels",
+            f"{IN}/nothing.gpkg",
+            "--out",
+            "mine",
+            "--out-dir",
+            f"{OUT}/a/b",
+        ],
+        2,
+        "not found",
     ),
 ]
 
@@ -264,37 +334,52 @@ def test_cli_refuses_bad_input(world, out_dir, name, args, status, message):
     assert "Traceback" not in text, text
     assert done.returncode == status, text
     assert message.lower() in text.lower(), text
+    assert "weights_only" not in text, "torch's advice to load unsafely was passed on"
     _assert_clean(before, world, out_dir)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["detect", f"{IN}/nothing.tif", "--out", f"{OUT}/b.gpkg", "--json"],
+        ["detect", f"{IN}/in.tif", "--json"],  # argparse: --out missing
+        ["models", "--import", f"{CARDS}/card_pickle.json", "--json"],
+    ],
+    ids=["engine_error", "usage_error", "model_error"],
+)
+def test_cli_json_errors_end_with_one_json_object(world, out_dir, args):
+    paths = {"inputs": world / "inputs", "out": out_dir, "cards": world / "cards"}
+    done = _cli([a.format(**paths) for a in args], world / "users")
+    assert "Traceback" not in done.stdout + done.stderr
+    last = json.loads(done.stdout.strip().splitlines()[-1])
+    assert last["exit"] == done.returncode == 2 and last["error"], done.stdout
+
+
+def _detect_until_writing(tmp_path: Path, seed: int, ignore: Optional[Path] = None) -> tuple[subprocess.Popen, Path]:
+    """A CLI detect on a 1536 px raster (with TTA, so it runs a while), once its probability file is being written."""
+    raster = write_geotiff(tmp_path / "big.tif", np.tile(synthetic_buildings(512, seed=seed)[0], (1, 3, 3)))
+    out = tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "footprint_plugin", "detect", str(raster), "--out", str(out / "b.gpkg")]
+    command += ["--probability", str(out / "probability.tif"), "--tta"]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO_ROOT
+    )
+    deadline = time.monotonic() + 120
+    while not any(p.name.endswith(".partial.tif") and p != ignore for p in out.iterdir()):
+        assert process.poll() is None and time.monotonic() < deadline, process.stdout.read() if process.stdout else ""
+        time.sleep(0.1)
+    return process, out
 
 
 def test_cli_sigterm_cleans_up_and_a_later_run_removes_stale_partials(tmp_path):
     """SIGTERM (a killed job) cancels like Ctrl-C: status 143, nothing left in the output folder;
     a partial file of a process that died without cleaning up is removed by the next run."""
-    raster = write_geotiff(tmp_path / "big.tif", np.tile(synthetic_buildings(512, seed=5)[0], (1, 3, 3)))
-    out = tmp_path / "out"
-    out.mkdir()
-    stale = out / f".probability.{2**22 + 12345}.0123abcd.partial.tif"  # a pid no process has
+    (tmp_path / "out").mkdir()
+    stale = tmp_path / "out" / f".probability.{2**22 + 12345}.0123abcd.partial.tif"  # a pid no process has
     stale.write_bytes(b"left by a killed run")
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "footprint_plugin",
-        "detect",
-        str(raster),
-        "--out",
-        str(out / "b.gpkg"),
-        "--probability",
-        str(out / "probability.tif"),
-        "--tta",
-    ]
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO_ROOT
-    )
-    deadline = time.monotonic() + 120
-    while not any(p.name.endswith(".partial.tif") and p != stale for p in out.iterdir()):
-        assert process.poll() is None and time.monotonic() < deadline, process.stdout.read() if process.stdout else ""
-        time.sleep(0.1)
+    process, out = _detect_until_writing(tmp_path, seed=5, ignore=stale)
     assert not stale.exists(), "the stale partial file of a dead process was not removed"
     process.send_signal(signal.SIGTERM)
     text, _ = process.communicate(timeout=120)
@@ -302,6 +387,34 @@ def test_cli_sigterm_cleans_up_and_a_later_run_removes_stale_partials(tmp_path):
     assert process.returncode == 128 + signal.SIGTERM, text
     assert "SIGTERM" in text
     assert sorted(p.name for p in out.iterdir()) == []
+
+
+def test_cli_failed_write_stops_at_once_with_one_message(tmp_path):
+    """A disk that fills up (here: a file-size limit) stops the run at the first failed write: one message,
+    no flood of GDAL lines, no inference running on, nothing left behind."""
+    import resource
+
+    raster = write_geotiff(tmp_path / "big.tif", np.tile(synthetic_buildings(512, seed=5)[0], (1, 3, 3)))
+    out = tmp_path / "out"
+    out.mkdir()
+    limit = 200_000  # bytes: the probability raster outgrows it after a few blocks
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # Python ignores SIGXFSZ: writes fail with EFBIG
+
+    before = _sha(raster)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "footprint_plugin", "detect", str(raster), "--out", str(out / "b.gpkg")]
+    command += ["--probability", str(out / "p.tif"), "--float32"]
+    done = subprocess.run(
+        command, capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=300, preexec_fn=limit_file_size
+    )
+    text = done.stdout + done.stderr
+    assert "Traceback" not in text, text
+    assert done.returncode == 2, text
+    assert text.count("Cannot write") == 1 and "stopped at once" in text, text
+    assert "_tiffWriteProc" not in text and len(done.stderr.splitlines()) < 10, text
+    assert sorted(p.name for p in out.iterdir()) == [] and _sha(raster) == before
 
 
 # ---------------------------------------------------------------------------------------------
@@ -316,6 +429,8 @@ MANAGER_CASES = [
     ("string_tile_size", "card_string_tile.json", "field 'tile_size'"),
     ("not_a_weights_file", "card_not_weights.json", "not a PyTorch weights file"),
     ("broken_json", "card_broken.json", "broken JSON"),
+    ("pickled_object", "card_pickle.json", "pickled Python object"),
+    ("wrong_shapes", "card_wrong_arch.json", "do not fit the architecture"),
 ]
 
 
@@ -436,6 +551,14 @@ PROCESSING_CASES = [
     ("vrt_source_missing", "footprint:detectbuildings", {"INPUT": "{inputs}/missing_source.vrt"}, "VRT"),
     ("report_is_predictions", "footprint:evaluatefootprints", {"REPORT": "{inputs}/pred.gpkg"}, "is the input"),
     ("tp_layer_is_reference", "footprint:evaluatefootprints", {"TRUE_POSITIVES": "{inputs}/gt.gpkg"}, "is the input"),
+    (
+        "postgis_unreachable",
+        "footprint:detectbuildings",
+        {
+            "OUTPUT": "postgres:dbname='gis' host=127.0.0.1 port=9 user='me' password='s3cret' table=\"public\".\"b\" (geom)"
+        },
+        "cannot connect to the PostGIS database 127.0.0.1:9/gis",
+    ),
 ]
 
 
@@ -470,6 +593,7 @@ def test_processing_refuses_bad_input(provider, world, out_dir, name, algorithm,
     text = str(caught.value)
     assert "Traceback" not in text
     assert message.lower() in text.lower(), text
+    assert "s3cret" not in text, "a password in a message"
     _assert_clean(before, world, out_dir)
 
 
@@ -524,29 +648,7 @@ def test_crs_without_geotransform_is_said_not_silently_metres(tmp_path):
 
 
 def test_cli_second_ctrl_c_aborts_without_a_traceback(tmp_path):
-    raster = write_geotiff(tmp_path / "big.tif", np.tile(synthetic_buildings(512, seed=7)[0], (1, 3, 3)))
-    out = tmp_path / "out"
-    out.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "footprint_plugin",
-        "detect",
-        str(raster),
-        "--out",
-        str(out / "b.gpkg"),
-        "--probability",
-        str(out / "p.tif"),
-        "--tta",
-    ]
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO_ROOT
-    )
-    deadline = time.monotonic() + 120
-    while not any(p.name.endswith(".partial.tif") for p in out.iterdir()):
-        assert process.poll() is None and time.monotonic() < deadline
-        time.sleep(0.1)
+    process, out = _detect_until_writing(tmp_path, seed=7)
     process.send_signal(signal.SIGINT)
     process.send_signal(signal.SIGINT)
     text, _ = process.communicate(timeout=120)

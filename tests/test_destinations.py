@@ -63,7 +63,8 @@ def _run_dialog(plugin, buildings, probability="TEMPORARY_OUTPUT", area=None, ma
 
 
 def _result_layers(run) -> dict[str, object]:
-    return {layer.name(): layer for layer in run.loaded}
+    # Layer names say input and model after a dash ("Buildings — kampala (model v1)"): key by the kind.
+    return {layer.name().split(" — ")[0]: layer for layer in run.loaded}
 
 
 def _file_kinds(tmp_path: Path) -> list[tuple[str, str, str]]:
@@ -178,3 +179,43 @@ def test_selected_area_without_selection_keeps_the_dialog_open(plugin, raster):
     dialog.set_area(AREA_SELECTED, mask)
     dialog.accept()
     assert dialog.isVisible() and "selected" in dialog.errorLabel.text()
+
+
+def test_processing_layername_destination_adds_that_layer_and_keeps_the_others(provider, tmp_path):
+    """OUTPUT='b.gpkg|layername=x' is layer x in b.gpkg (not a file named 'b.gpkg|layername=x.gpkg')."""
+    import processing
+    import shapely
+
+    from footprint_plugin.core.io.paths import container_layers
+    from footprint_plugin.core.io.vector_io import write_polygons
+
+    boxes = [shapely.box(600000, 5750000, 600010, 5750010)]
+    write_polygons(tmp_path / "pred.gpkg", boxes, [{"score": 0.9}], "EPSG:32631")
+    write_polygons(tmp_path / "b.gpkg", boxes, [{"kind": "road"}], "EPSG:32631", layer_name="roads")
+    results = processing.run(
+        "footprint:evaluatefootprints",
+        {
+            "PREDICTED": str(tmp_path / "pred.gpkg"),
+            "REFERENCE": str(tmp_path / "pred.gpkg"),
+            "TRUE_POSITIVES": f"{tmp_path / 'b.gpkg'}|layername=x",
+        },
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.gpkg", "pred.gpkg"]
+    assert {"roads", "x"} <= set(container_layers(tmp_path / "b.gpkg"))
+    assert QgsVectorLayer(results["TRUE_POSITIVES"], "tp", "ogr").featureCount() == 1
+
+
+def test_writing_into_an_existing_geopackage_keeps_its_other_layers(tmp_path):
+    import shapely
+
+    from footprint_plugin.core.io.paths import container_layers
+    from footprint_plugin.core.io.vector_io import read_polygons, write_polygons
+
+    box = shapely.box(0, 0, 1, 1)
+    write_polygons(tmp_path / "multi.gpkg", [box], [{"a": 1}], "EPSG:32631", layer_name="roads")
+    for count in (3, 2):  # the second write replaces `buildings` only
+        write_polygons(tmp_path / "multi.gpkg", [box] * count, [{"a": 1}] * count, "EPSG:32631", layer_name="buildings")
+    assert container_layers(tmp_path / "multi.gpkg") == ["roads", "buildings"]
+    assert len(read_polygons(tmp_path / "multi.gpkg", layer="buildings").geometries) == 2
+    assert len(read_polygons(tmp_path / "multi.gpkg", layer="roads").geometries) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["multi.gpkg"]

@@ -7,28 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from qgis.core import QgsApplication, QgsProcessingException, QgsRasterLayer, QgsVectorLayer
+from qgis.core import QgsProcessingException, QgsRasterLayer, QgsVectorLayer
 
 # One key only (issue 12): the GeoPackage fid numbers the buildings; there is no separate "id" field.
 BUILDING_FIELDS = ["score", "area_m2", "perimeter_m", "compactness", "regularized", "source", "model"]
 KAMPALA = "eo/hotosm_kampala"
-
-
-@pytest.fixture(scope="module")
-def provider(qgis_processing):
-    from footprint_plugin.processing.provider import FootprintProvider
-
-    registry = QgsApplication.processingRegistry()
-    provider = FootprintProvider()
-    assert registry.addProvider(provider)
-    yield provider
-    registry.removeProvider(provider)
-
-
-@pytest.fixture
-def tiny_model(tiny_model_dir, monkeypatch) -> str:
-    monkeypatch.setenv("FOOTPRINT_USER_MODELS", str(tiny_model_dir))
-    return "tiny_test_model"
 
 
 @pytest.fixture

@@ -169,3 +169,45 @@ def test_panchromatic_is_replicated_before_per_channel_meanstd(make_geotiff):
     scaled = apply_scaling(pan, np.ones(pan.shape[1:], bool), stats, card)
     assert scaled.shape == (3, 64, 64)
     assert np.allclose(scaled[0] - scaled[1], 0.1) and np.allclose(scaled[1] - scaled[2], 0.1)
+
+
+def test_reads_never_write_beside_or_inside_inputs(tmp_path):
+    """Statistics and metadata reads write no .aux.xml (GDAL's PAM is off): a /vsizip/ input keeps its sha256."""
+    import hashlib
+    import zipfile
+
+    path = tmp_path / "in.tif"
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=64,
+        height=64,
+        count=1,
+        dtype="uint8",
+        crs="EPSG:32631",
+        transform=from_origin(600000, 5750000, 0.5, 0.5),
+    ) as dst:
+        dst.write(synthetic_buildings(64)[0][:1])
+    archive = tmp_path / "in.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        handle.write(path, "in.tif")
+    before = hashlib.sha256(archive.read_bytes()).hexdigest()
+    for name in (str(path), f"/vsizip/{archive}/in.tif"):
+        with raster_io.opened(name) as dataset:
+            dataset.stats(indexes=[1], approx=False)  # with PAM on, GDAL saves these in <raster>.aux.xml
+    assert hashlib.sha256(archive.read_bytes()).hexdigest() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "in.zip"]
+    with zipfile.ZipFile(archive) as handle:
+        assert handle.namelist() == ["in.tif"]
+
+
+def test_vrt_with_a_missing_source_names_the_missing_file(tmp_path):
+    vrt = tmp_path / "mosaic.vrt"
+    vrt.write_text(
+        '<VRTDataset rasterXSize="8" rasterYSize="8"><VRTRasterBand dataType="Byte" band="1"><SimpleSource>'
+        '<SourceFilename relativeToVRT="1">tiles/gone.tif</SourceFilename><SourceBand>1</SourceBand>'
+        "</SimpleSource></VRTRasterBand></VRTDataset>"
+    )
+    with pytest.raises(InputError, match=r"tiles/gone\.tif.*rebuild the VRT"):
+        raster_io.open_raster(vrt)

@@ -4,6 +4,7 @@ through QGIS's raster provider into a temporary GeoTIFF, detects on it and clean
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 import threading
@@ -11,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from qgis.core import QgsApplication, QgsProcessingException, QgsProject, QgsRasterLayer, QgsVectorLayer
+from qgis.core import QgsProcessingException, QgsProject, QgsRasterLayer, QgsVectorLayer
 
 KAMPALA_TILES = "eo/hotosm_kampala/tiles"
 ZOOM = 19
@@ -75,13 +76,11 @@ def xyz_server(shared_data):
 
 @pytest.fixture
 def provider(qgis_processing):
-    from footprint_plugin.processing.provider import FootprintProvider
+    """Per test here: the dialog test's plugin fixture unloads the plugin, which removes every footprint provider."""
+    from tests.qgis_helpers import registered_provider
 
-    registry = QgsApplication.processingRegistry()
-    provider = FootprintProvider()
-    assert registry.addProvider(provider)
-    yield provider
-    registry.removeProvider(provider)
+    with registered_provider() as provider:
+        yield provider
 
 
 @pytest.fixture
@@ -211,6 +210,66 @@ def test_detect_dialog_on_xyz_layer_runs_in_the_background(plugin, xyz_server, x
     run = plugin.last_run
     assert run is not None and wait_until(lambda: run.done, limit_s=300)
     assert run.succeeded, run.error_text()
-    names = sorted(layer.name() for layer in run.loaded)
+    names = sorted(layer.name().split(" — ")[0] for layer in run.loaded)
     assert names == ["Building probability", "Buildings"]
     assert QgsProject.instance().layerTreeRoot().findGroup("Kampala XYZ") is not None
+
+
+@pytest.fixture(scope="module")
+def failing_server():
+    """A tile server that fails as real ones do: HTTP 500, garbage bytes with 200 OK, or no answer at all."""
+    mode = {"now": "500"}
+    release = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server API
+            if mode["now"] == "hang":
+                release.wait(30)  # accepts the connection, never answers
+                return
+            status, body = (500, b"Internal Server Error") if mode["now"] == "500" else (200, os.urandom(900))
+            self.send_response(status)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield {"port": server.server_address[1], "mode": mode}
+    release.set()
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("mode,message", [("500", "HTTP status 500"), ("garbage", "failed"), ("hang", "failed")])
+def test_web_map_errors_are_errors(failing_server, qgis_processing, qgis_new_project, monkeypatch, mode, message):
+    """A failing service is a failure naming the service and the HTTP status, retried, in bounded time; never
+    "0 buildings"."""
+    import time
+
+    from qgis.core import QgsProcessingContext, QgsProcessingFeedback, QgsRectangle
+
+    from footprint_plugin.processing import webmap
+
+    monkeypatch.setattr(webmap, "FETCH_REQUEST_TIMEOUT_S", 2.0)
+    monkeypatch.setattr(webmap, "FETCH_TOTAL_S", 8.0)
+    monkeypatch.setattr(webmap, "FETCH_RETRY_PAUSE_S", 0.1)
+    failing_server["mode"]["now"] = mode
+    url = f"http://127.0.0.1:{failing_server['port']}/{{z}}/{{x}}/{{y}}.png"
+    layer = QgsRasterLayer(f"type=xyz&url={url}&zmax={ZOOM}&zmin={ZOOM}", "Broken XYZ", "wms")
+    assert layer.isValid()
+    area = QgsRectangle(3620000, 35000, 3620060, 35060)  # Kampala, one or two tiles
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as scratch:
+        with pytest.raises(QgsProcessingException) as caught:
+            webmap.fetch_area(layer, area, None, 0.5, Path(scratch), QgsProcessingFeedback(), QgsProcessingContext())
+        assert list(Path(scratch).iterdir()) == [], "a failed fetch left its file"
+    text = str(caught.value)
+    assert "Broken XYZ" in text and f"127.0.0.1:{failing_server['port']}" in text and message in text, text
+    assert "attempt" in text and "Traceback" not in text
+    assert time.monotonic() - started < 60

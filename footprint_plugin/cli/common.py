@@ -75,6 +75,12 @@ class Reporter:
                 sys.stdout.write(line + "\n")
             sys.stdout.flush()
 
+    def error_json(self, message: str, status: int) -> None:
+        """With --json, the last line of stdout: {"error": message, "exit": status}."""
+        text = message.split(": ", 1)[1] if message.startswith(("Error: ", "Canceled: ")) else message
+        sys.stdout.write(json.dumps({"error": text, "exit": status}) + "\n")
+        sys.stdout.flush()
+
 
 # Signals that mean "stop": Ctrl-C, a killed job or a timeout (SIGTERM), a closed terminal (SIGHUP).
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))

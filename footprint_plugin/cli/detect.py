@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..core.common.vocabulary import DEFAULT_MIN_AREA_M2
-from . import add_common_arguments
+from . import add_common_arguments, add_overwrite_argument
 from .common import Reporter
 
 
@@ -32,15 +32,17 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--tta", action="store_true", help="test-time augmentation (the card's policy)")
     parser.add_argument("--float32", action="store_true", help="write float32 probabilities instead of uint8")
     parser.add_argument("--batch-size", type=int, help="tiles per batch (default: from device memory)")
+    add_overwrite_argument(parser)
     add_common_arguments(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace, reporter: Reporter) -> int:
     from ..core.common.errors import ModelError
-    from ..core.common.vocabulary import resolve_threshold
+    from ..core.common.vocabulary import BUILDINGS_LAYER, resolve_threshold
     from ..core.engine.inference import InferenceOptions
     from ..core.engine.pipeline import check_detect_job, detect_buildings
+    from ..core.io.paths import check_existing_outputs
     from ..core.vectors.polygons import PolygonOptions
     from ..core.zoo.modelcard import default_model_name, find_model, model_warnings
 
@@ -69,6 +71,9 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
         inference_options,
         polygon_options,
         labels={"raster": "RASTER", "vector": "--out", "probability": "--probability"},
+    )
+    check_existing_outputs(
+        {"--out": args.out, "--probability": args.probability}, args.overwrite, {"--out": [BUILDINGS_LAYER]}
     )
     reporter.stage(f"detect {args.raster.name}")
     result = detect_buildings(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import add_common_arguments
+from . import add_common_arguments, add_overwrite_argument
 from .common import Reporter
 
 
@@ -39,19 +39,23 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--iou", type=float, default=0.5, help="IoU needed for a match (0.5, SpaceNet)")
     parser.add_argument("--report", type=Path, metavar="REPORT.json", help="write a JSON report here")
+    add_overwrite_argument(parser)
     add_common_arguments(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace, reporter: Reporter) -> int:
-    from ..core.io.paths import check_outputs
-    from ..core.vectors.evaluate import evaluate_files
+    from ..core.io.paths import check_existing_outputs, check_outputs
+    from ..core.vectors.evaluate import LAYER_NAMES, evaluate_files
 
-    # Before any work: a report or layer file that is an input would replace the user's data.
+    # Before any work: a report or layer file that is an input would replace the user's data, and one that
+    # exists is replaced only on request (in a GeoPackage, only the three layers; the others are kept).
+    outputs = {"--out-layers": args.out_layers, "--report": args.report}
     check_outputs(
         {"PREDICTED": args.predicted, "GROUND_TRUTH": args.ground_truth, "--aoi": args.aoi, "--raster": args.raster},
-        {"--out-layers": args.out_layers, "--report": args.report},
+        outputs,
     )
+    check_existing_outputs(outputs, args.overwrite, {"--out-layers": LAYER_NAMES})
     reporter.stage(f"evaluate {args.predicted.name}")
     result = evaluate_files(
         args.predicted,

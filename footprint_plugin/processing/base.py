@@ -226,6 +226,90 @@ def enum_names(algorithm: QgsProcessingAlgorithm, parameters: dict[str, Any]) ->
     return fixed
 
 
+def layer_destination(value: str) -> str:
+    """A destination 'b.gpkg|layername=x' as QGIS's OGR URI for layer x in b.gpkg (the file's other layers are
+    kept); QGIS itself would create a file literally named 'b.gpkg|layername=x.gpkg'. Other values unchanged."""
+    from qgis.core import QgsDataSourceUri
+
+    from ..core.io.paths import MULTI_LAYER_SUFFIXES, split_layer
+
+    if "|" not in value or value.startswith(("ogr:", "postgres:", "postgis:", "memory:", "spatialite:")):
+        return value
+    path, layer = split_layer(value)
+    if layer is None or path.suffix.lower() not in MULTI_LAYER_SUFFIXES:
+        return value
+    uri = QgsDataSourceUri()
+    uri.setDatabase(str(path))
+    uri.setDataSource("", layer, "geom")
+    return f"ogr:{uri.uri(False)}"
+
+
+def _destination_text(value: Any) -> str | None:
+    """The destination string of a sink value (a string or a QgsProcessingOutputLayerDefinition), else None."""
+    from qgis.core import QgsProcessingOutputLayerDefinition, QgsProperty
+
+    if isinstance(value, QgsProcessingOutputLayerDefinition):
+        sink = value.sink
+        if sink.propertyType() == QgsProperty.Type.StaticProperty:
+            return str(sink.staticValue())
+        return None
+    return value if isinstance(value, str) else None
+
+
+def honour_layer_destinations(algorithm: QgsProcessingAlgorithm, parameters: dict[str, Any]) -> dict[str, Any]:
+    """Every vector destination given as 'file.gpkg|layername=x' rewritten as QGIS's URI for that layer."""
+    from qgis.core import QgsProcessingOutputLayerDefinition, QgsProperty
+
+    fixed = dict(parameters)
+    for definition in algorithm.destinationParameterDefinitions():
+        if definition.type() not in ("sink", "vectorDestination"):
+            continue
+        value = fixed.get(definition.name())
+        text = _destination_text(value)
+        if text is None or layer_destination(text) == text:
+            continue
+        if isinstance(value, QgsProcessingOutputLayerDefinition):
+            value = QgsProcessingOutputLayerDefinition(value)
+            value.sink = QgsProperty.fromValue(layer_destination(text))
+            fixed[definition.name()] = value
+        else:
+            fixed[definition.name()] = layer_destination(text)
+    return fixed
+
+
+def check_database_destinations(algorithm: QgsProcessingAlgorithm, parameters: dict[str, Any]) -> None:
+    """Connect to every PostGIS destination before any work, so a wrong host or password fails in a second
+    instead of after the inference; the message never shows the password."""
+    from qgis.core import QgsDataSourceUri, QgsProviderRegistry
+
+    from ..core.io.paths import scrub_credentials
+
+    for definition in algorithm.destinationParameterDefinitions():
+        text = _destination_text(parameters.get(definition.name()))
+        provider, _, uri_text = (text or "").partition(":")
+        if provider not in ("postgres", "postgis"):
+            continue
+        uri = QgsDataSourceUri(uri_text)
+        where = f"{uri.host() or 'localhost'}:{uri.port() or '5432'}/{uri.database()}"
+        try:
+            connection = (
+                QgsProviderRegistry.instance().providerMetadata("postgres").createConnection(uri.uri(False), {})
+            )
+            schemas = connection.schemas()
+        except Exception as exc:  # noqa: BLE001 - QGIS raises QgsException or QgsProviderConnectionException
+            raise QgsProcessingException(
+                f"{definition.description()}: cannot connect to the PostGIS database {where} as user "
+                f"'{uri.username()}' ({scrub_credentials(str(exc)).strip()}). Check the host, port, database, user "
+                "and password (or the saved connection), and that the server is running."
+            ) from None
+        schema = uri.schema() or "public"
+        if schema not in schemas:
+            raise QgsProcessingException(
+                f"{definition.description()}: the PostGIS database {where} has no schema '{schema}'. "
+                f"Choose one of: {', '.join(schemas) or '(none)'}."
+            )
+
+
 class FootprintAlgorithm(QgsProcessingAlgorithm):
     """Base class: subclasses set NAME/DISPLAY_NAME/GROUP/HELP and implement `initAlgorithm` and `perform`."""
 
@@ -274,18 +358,23 @@ class FootprintAlgorithm(QgsProcessingAlgorithm):
     def processAlgorithm(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
-        parameters = enum_names(self, parameters)
+        parameters = honour_layer_destinations(self, enum_names(self, parameters))
         ok, message = self.canExecute()
         if not ok:
             raise QgsProcessingException(message)
         from ..core.common.errors import FootprintError
+        from ..core.io.paths import scrub_credentials
         from . import results
 
         results.remember_inputs(self, parameters, context)
         try:
+            check_database_destinations(self, parameters)
             self._footprint_results = self.perform(parameters, context, feedback)
         except FootprintError as exc:
-            raise QgsProcessingException(str(exc)) from None
+            raise QgsProcessingException(scrub_credentials(exc)) from None
+        except QgsProcessingException as exc:
+            # QGIS's own sink errors quote the destination URI, password included.
+            raise QgsProcessingException(scrub_credentials(exc)) from None
         return self._footprint_results
 
     def postProcessAlgorithm(  # noqa: N802 - QGIS override

@@ -8,7 +8,10 @@ QgsRasterPipe, and QgsRasterFileWriter, which writes tile by tile and polls the 
 
 from __future__ import annotations
 
+import contextlib
 import math
+import re
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -31,6 +34,11 @@ from qgis.core import (
 # The limit on one fetch: 64 megapixels (8000 x 8000 at the model's pixel size, about 4 x 4 km at 0.5 m).
 # It bounds the download, the temporary file (~200 MB) and the time a web service is asked to serve.
 MAX_FETCH_PIXELS = 64_000_000
+# A failing service: each request waits at most this long, the fetch is tried this often, and never longer in all.
+FETCH_REQUEST_TIMEOUT_S = 20.0
+FETCH_ATTEMPTS = 3
+FETCH_RETRY_PAUSE_S = 2.0
+FETCH_TOTAL_S = 180.0
 # Share of the progress bar the fetch takes; detection takes the rest.
 FETCH_SHARE = 0.3
 # Data types a provider renders as colour (web maps): written through the layer's renderer as RGBA.
@@ -121,24 +129,150 @@ def fetch_area(
         # Web maps serve colour images: written through the renderer as RGBA bytes (alpha = no data).
         pipe.set(own.renderer().clone())
     out = scratch / f"{display_path(layer).stem}_fetched.tif"
+    deadline = time.monotonic() + FETCH_TOTAL_S
+    for attempt in range(1, FETCH_ATTEMPTS + 1):
+        problem = _fetch_once(pipe, out, (width, height, area, crs), feedback, context, deadline, own)
+        if problem is None:
+            break
+        out.unlink(missing_ok=True)
+        if attempt == FETCH_ATTEMPTS or time.monotonic() + FETCH_RETRY_PAUSE_S >= deadline:
+            raise QgsProcessingException(
+                f"The web map '{layer.name()}' ({service_name(layer)}) failed: {problem}, "
+                f"after {attempt} attempt(s). Check that the service is up and its URL is right, or try again later."
+            )
+        feedback.pushWarning(f"The web map '{layer.name()}' failed ({problem}); trying again…")
+        time.sleep(FETCH_RETRY_PAUSE_S)
+    _mark_alpha(out)
+    feedback.setProgress(100.0 * FETCH_SHARE)
+    return out
+
+
+def service_name(layer: QgsRasterLayer) -> str:
+    """The provider and host of a web layer, for messages ('wms at tiles.example.org'); never a password."""
+    from urllib.parse import unquote, urlsplit
+
+    from ..core.io.paths import scrub_credentials
+
+    found = re.search(r"url=([^&]+)", layer.source())
+    host = urlsplit(unquote(found.group(1))).netloc.rpartition("@")[2] if found else ""
+    return scrub_credentials(f"{layer.providerType()} at {host}" if host else layer.providerType())
+
+
+def _fetch_once(pipe, out, grid, feedback, context, deadline: float, layer: QgsRasterLayer) -> Optional[str]:
+    """Write the area (grid: width, height, extent, CRS) once; what went wrong (the service's HTTP status, no
+    answer in time, no image data), or None."""
+    width, height, area, crs = grid
     writer = QgsRasterFileWriter(str(out))
     writer.setOutputFormat("GTiff")
     writer.setCreateOptions(["COMPRESS=DEFLATE", "TILED=YES", "BIGTIFF=IF_SAFER"])
     block_feedback = QgsRasterBlockFeedback()
-    block_feedback.progressChanged.connect(lambda p: feedback.setProgress(FETCH_SHARE * p))
+    timed_out = []
+
+    def on_progress(percent: float) -> None:
+        feedback.setProgress(FETCH_SHARE * percent)
+        if time.monotonic() > deadline and not timed_out:  # a service that stalls: stop after the time bound
+            timed_out.append(True)
+            block_feedback.cancel()
+
+    block_feedback.progressChanged.connect(on_progress)
     feedback.canceled.connect(block_feedback.cancel)
-    error = writer.writeRaster(pipe, width, height, area, crs, context.transformContext(), block_feedback)
+    with _request_timeout(FETCH_REQUEST_TIMEOUT_S):
+        error = writer.writeRaster(pipe, width, height, area, crs, context.transformContext(), block_feedback)
+    if timed_out:
+        return f"no complete answer within {FETCH_TOTAL_S:.0f} s"
     if feedback.isCanceled() or block_feedback.isCanceled():
         from ..core.common.errors import CanceledError
 
         raise CanceledError()
+    errors = list(block_feedback.errors()) if hasattr(block_feedback, "errors") else []
+    if errors:
+        return _http_problem(errors)
     if error != QgsRasterFileWriter.WriterError.NoError or not out.is_file():
-        raise QgsProcessingException(
-            f"Fetching '{layer.name()}' failed (QgsRasterFileWriter error {int(error)}). Check the service is reachable."
-        )
-    _mark_alpha(out)
-    feedback.setProgress(100.0 * FETCH_SHARE)
-    return out
+        return f"QgsRasterFileWriter error {int(error)}"
+    if not _has_pixels(out):
+        # QGIS's provider returns empty blocks for failed tiles and says nothing: ask the service once ourselves.
+        return probe_service(layer, area)
+    return None
+
+
+_IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"RIFF", b"II*\x00", b"MM\x00*")
+
+
+def probe_service(layer: QgsRasterLayer, area: QgsRectangle) -> str:
+    """Why a web layer sent no pixels, from one request of our own: its HTTP status, no answer, or not an image."""
+    import urllib.error
+    import urllib.request
+
+    url = _probe_url(layer, area)
+    if url is None:
+        return "it sent no image data (every pixel empty)"
+    try:
+        with urllib.request.urlopen(url, timeout=FETCH_REQUEST_TIMEOUT_S) as reply:  # noqa: S310 - the user's own URL
+            status, head = reply.status, reply.read(16)
+    except urllib.error.HTTPError as exc:
+        return f"HTTP status {exc.code} ({exc.reason})"
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return f"no answer ({reason})"
+    if not head.startswith(_IMAGE_MAGIC):
+        return f"HTTP status {status}, but the answer is not an image (garbage bytes or an error page)"
+    return f"HTTP status {status}, but no pixels came back for this area"
+
+
+def _probe_url(layer: QgsRasterLayer, area: QgsRectangle) -> Optional[str]:
+    """One XYZ tile of the area's centre, or a WMS/WMTS service's GetCapabilities; None for other providers."""
+    from urllib.parse import unquote
+
+    found = re.search(r"url=([^&]+)", layer.source())
+    if found is None:
+        return None
+    url = unquote(found.group(1))
+    if "{x}" not in url:
+        return url + ("&" if "?" in url else "?") + "SERVICE=WMS&REQUEST=GetCapabilities"
+    zoom = int(re.search(r"zmax=(\d+)", layer.source()).group(1)) if "zmax=" in layer.source() else 18
+    centre = area.center()
+    half = 20037508.342789244
+    n = 2**zoom
+    x = int((centre.x() + half) / (2 * half) * n)
+    y = int((half - centre.y()) / (2 * half) * n)
+    return url.replace("{z}", str(zoom)).replace("{x}", str(x)).replace("{y}", str(y)).replace("{-y}", str(n - 1 - y))
+
+
+def _http_problem(errors: list[str]) -> str:
+    """The first HTTP status the provider reported ('HTTP status 500'), else its first error, credentials scrubbed."""
+    from ..core.io.paths import scrub_credentials
+
+    for text in errors:
+        status = re.search(r"(?:Status code|HTTP(?: status)?)\D{0,3}(\d{3})", text, re.IGNORECASE)
+        if status:
+            return f"HTTP status {status.group(1)} ({len(errors)} failed request(s))"
+    return scrub_credentials(errors[0].strip().splitlines()[0] if errors[0].strip() else "request failed")
+
+
+@contextlib.contextmanager
+def _request_timeout(seconds: float):
+    """QGIS's network timeout, bounded for the fetch (the default minute per tile would stall a run for hours)."""
+    from qgis.core import QgsNetworkAccessManager
+
+    previous = QgsNetworkAccessManager.timeout()
+    QgsNetworkAccessManager.setTimeout(int(min(previous, seconds * 1000)) if previous > 0 else int(seconds * 1000))
+    try:
+        yield
+    finally:
+        QgsNetworkAccessManager.setTimeout(previous)
+
+
+def _has_pixels(path: Path) -> bool:
+    """False when the fetched GeoTIFF holds no data: all transparent (RGBA) or all zero."""
+    from osgeo import gdal
+
+    dataset = gdal.OpenEx(str(path), gdal.OF_RASTER, open_options=[])
+    if dataset is None:
+        return False
+    band = dataset.GetRasterBand(dataset.RasterCount if dataset.RasterCount == 4 else 1)
+    # ComputeRasterMinMax does not save statistics (no .aux.xml); approximate is enough to see "all empty".
+    low, high = band.ComputeRasterMinMax(True)
+    return bool(high > 0)
 
 
 def _mark_alpha(path: Path) -> None:

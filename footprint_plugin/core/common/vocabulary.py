@@ -40,7 +40,17 @@ DEFAULT_MIN_AREA_M2 = 20.0
 
 # Training defaults shared by the CLI, Processing and the GUI.
 DEFAULT_EPOCHS = 30
-DEFAULT_FINETUNE_EPOCHS = 15
+DEFAULT_FINETUNE_EPOCHS = 15  # only a cap now: a fine-tune without epochs fills its time budget
+# A fine-tune is asked for in minutes: without an epoch count the schedule fills this budget (by device kind).
+DEFAULT_BUDGET_MINUTES: dict[str, float] = {"cpu": 5.0, "cuda": 2.0, "mps": 2.0}
+# Side of the square cells of "where to digitize next", in metres.
+DEFAULT_CELL_SIZE_M = 60.0
+
+
+def default_budget_minutes(device_kind: str) -> float:
+    """The fine-tuning time budget for a device kind ("cpu", "cuda", "mps"); unknown kinds get the CPU's."""
+    return DEFAULT_BUDGET_MINUTES.get(device_kind, DEFAULT_BUDGET_MINUTES["cpu"])
+
 
 # The building polygon layer, in field order: name -> Python type (int, float, str, bool). The CLI writes
 # it through core.vectors.polygons.write_buildings, Processing through its sink (processing/base.building_fields).
@@ -55,6 +65,8 @@ BUILDING_FIELDS: dict[str, type] = {
     "source": str,  # raster file name
     "model": str,  # "name vVERSION"
 }
+# The layer the CLI writes the buildings to (GeoPackage: the file's other layers are kept).
+BUILDINGS_LAYER = "buildings"
 # Added in batch mode: which tile a building came from.
 BATCH_FIELDS: dict[str, type] = {"tile": str}
 

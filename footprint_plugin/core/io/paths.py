@@ -8,21 +8,65 @@ of destroying the user's raster after an hour of inference.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
-from typing import Mapping, Optional, Union
+from typing import Mapping, Optional, Sequence, Union
 
 from ..common.errors import OutputError
 
 PathLike = Union[str, Path]
 
 
+# Prefixes of GDAL names that are not files on this disk (network, memory, databases).
+_NOT_FILES = ("memory:", "http://", "https://", "postgres", "PG:", "/vsicurl")
+# Keys of a connection string (PostGIS, QGIS data source URIs) whose values are secrets.
+_SECRET_RE = re.compile(
+    r"(?P<key>\b(?:password|passwd|pwd|authcfg|secret|token|api[_-]?key)\s*[=:]\s*)(?P<value>'(?:[^'\\]|\\.)*'|\"[^\"]*\"|[^\s&;|)'\",]+)",
+    re.IGNORECASE,
+)
+_URL_PASSWORD_RE = re.compile(r"(?P<scheme>\b[a-z][a-z0-9+.-]*://[^/\s:@]+:)(?P<value>[^@\s/]+)(?=@)", re.IGNORECASE)
+
+
+def scrub_credentials(text: object) -> str:
+    """`text` with every password (and token, authcfg) of a connection string or URL replaced by ***.
+
+    Every message and log line that may quote a destination (PostGIS URIs, web-map URLs) goes through this,
+    so a failure never shows or stores the user's password.
+    """
+    scrubbed = _SECRET_RE.sub(lambda m: m.group("key") + "***", str(text))
+    return _URL_PASSWORD_RE.sub(lambda m: m.group("scheme") + "***", scrubbed)
+
+
+def is_gdal_path(path: PathLike) -> bool:
+    """Names GDAL opens that are not plain files: /vsizip/..., /vsicurl/..., URLs, GPKG:file.gpkg:table."""
+    text = str(path)
+    return text.startswith(("/vsi", "http://", "https://")) or (":" in text[2:] and text.split(":")[0].isupper())
+
+
+def split_layer(path: PathLike) -> tuple[Path, Optional[str]]:
+    """'file.gpkg|layername=x' (as QGIS writes it) -> (file.gpkg, 'x'); plain paths -> (path, None)."""
+    text = str(path)
+    if "|" not in text:
+        return Path(text), None
+    file_text, *options = text.split("|")
+    layer = None
+    for option in options:
+        key, _, value = option.partition("=")
+        if key.strip().lower() == "layername":
+            layer = value.strip() or None
+    return Path(file_text.strip()), layer
+
+
 def file_part(path: PathLike) -> Optional[Path]:
     """The file on disk behind a path GDAL or QGIS accepts: 'x.gpkg|layername=a' -> x.gpkg,
     '/vsizip/a.zip/b.shp' -> a.zip; None for things that are not local files (URLs, 'memory:')."""
     text = str(path).split("|")[0].strip()
-    if not text or text.startswith(("memory:", "http://", "https://", "postgres", "PG:", "/vsicurl")):
+    dbname = re.match(r"^ogr:dbname='((?:[^'\\]|\\.)*)'", text)  # QGIS's OGR destination: ogr:dbname='b.gpkg' table=...
+    if dbname:
+        text = dbname.group(1).replace("\\'", "'")
+    if not text or text.startswith(_NOT_FILES):
         return None
     if text.startswith("/vsi"):
         parts = Path(text).parts  # ('/', 'vsizip', 'folder', 'a.zip', 'b.shp')
@@ -98,6 +142,74 @@ def check_outputs(
                 )
         checked[label] = part
     return checked
+
+
+# Vector formats that hold several layers: writing one layer keeps the others.
+MULTI_LAYER_SUFFIXES = (".gpkg", ".sqlite")
+
+
+def container_layers(path: PathLike) -> Optional[list[str]]:
+    """The layer names of an existing GeoPackage/SQLite file, or None when GDAL cannot read it as one."""
+    from osgeo import gdal
+
+    gdal.UseExceptions()
+    try:
+        dataset = gdal.OpenEx(str(path), gdal.OF_VECTOR | gdal.OF_READONLY)
+    except RuntimeError:
+        return None
+    if dataset is None:
+        return None
+    return [dataset.GetLayer(i).GetName() for i in range(dataset.GetLayerCount())]
+
+
+def existing_output_problem(
+    label: str, path: PathLike, layers: Sequence[str] = (), how_to_replace: str = "--overwrite"
+) -> Optional[str]:
+    """Why writing `path` would replace something that exists (a file, or a layer of that name), or None.
+
+    A GeoPackage that exists is written into: only the named layers are added or replaced, the others
+    are kept, so only a layer of the same name needs the explicit choice `how_to_replace`.
+    """
+    part = file_part(path)
+    if part is None or not part.exists() or part.is_dir():
+        return None
+    if part.suffix.lower() in MULTI_LAYER_SUFFIXES and layers:
+        present = container_layers(part)
+        if present is None:
+            return (
+                f"{label}: {part} exists and is not a GeoPackage GDAL can read. Choose another file name, or give "
+                f"{how_to_replace} to replace the file."
+            )
+        clashes = [name for name in layers if name.lower() in {p.lower() for p in present}]
+        if not clashes:
+            return None
+        names = ", ".join(f"'{name}'" for name in clashes)
+        return (
+            f"{label}: {part} already has a layer {names}. Give {how_to_replace} to replace that layer "
+            "(the file's other layers are kept), or choose another file name."
+        )
+    return f"{label}: {part} exists already. Give {how_to_replace} to replace it, or choose another file name."
+
+
+def check_existing_outputs(
+    outputs: Mapping[str, Optional[PathLike]],
+    overwrite: bool,
+    layers: Optional[Mapping[str, Sequence[str]]] = None,
+    how_to_replace: str = "--overwrite",
+) -> None:
+    """Refuse, before any work, outputs that would replace an existing file or layer unless `overwrite`.
+
+    `layers` gives, per output label, the layers it writes into a GeoPackage (other layers are always kept).
+    Processing does not call this: QGIS's own destination widgets ask the user about existing files.
+    """
+    if overwrite:
+        return
+    for label, path in outputs.items():
+        if path in (None, ""):
+            continue
+        problem = existing_output_problem(label, path, (layers or {}).get(label, ()), how_to_replace)
+        if problem:
+            raise OutputError(problem)
 
 
 def check_folder_writable(path: PathLike, label: Optional[str] = "Output") -> Path:

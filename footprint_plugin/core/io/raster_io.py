@@ -17,7 +17,8 @@ import numpy as np
 
 from ..common.errors import InputError, OutputError
 from .atomic import remove_quietly, temporary_sibling
-from .paths import check_folder_writable, gdal_path
+from .gdal_errors import WriteErrors
+from .paths import check_folder_writable, gdal_path, is_gdal_path
 
 EARTH_RADIUS_M = 6371008.8
 HEADS_TAG = "FOOTPRINT_HEADS"
@@ -84,17 +85,61 @@ def _ignore_not_georeferenced() -> None:
     warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
 
 
+# GDAL's auxiliary files (PAM): without this, reading statistics or metadata may write `<input>.aux.xml`
+# beside (or, for /vsizip/, inside) the user's raster. The engine never writes next to an input.
+NO_SIDECARS = {"GDAL_PAM_ENABLED": "NO"}
+
+
 def gdal_env():
-    """rasterio.Env with a block cache sized for strip reads (and rasterio's own PROJ data)."""
+    """rasterio.Env with a block cache sized for strip reads, no auxiliary files, and rasterio's own PROJ data."""
     import rasterio
 
     use_bundled_proj_data()
     _ignore_not_georeferenced()
-    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 1024 * 1024, GDAL_NUM_THREADS="ALL_CPUS")
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 1024 * 1024, GDAL_NUM_THREADS="ALL_CPUS", **NO_SIDECARS)
+
+
+def _check_plain_file(path: Path) -> None:
+    """Missing, empty or folder paths, in the user's words (GDAL names such as /vsizip/ are left to GDAL)."""
+    if not path.exists():
+        raise InputError(f"Raster not found: {path}. Check the path.")
+    if path.is_dir():
+        raise InputError(f"{path} is a folder, not a raster. Choose a GeoTIFF, VRT or another GDAL raster.")
+    if path.stat().st_size == 0:
+        raise InputError(f"Raster {path} is an empty file (0 bytes). Re-export or download it again.")
+    if path.suffix.lower() == ".vrt":
+        missing = missing_vrt_sources(path)
+        if missing:
+            listed = ", ".join(str(m) for m in missing[:3]) + (
+                f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            )
+            raise InputError(
+                f"The VRT {path} lists source files that do not exist: {listed}. "
+                "Put them back, or rebuild the VRT (in QGIS: Raster > Miscellaneous > Build Virtual Raster)."
+            )
+
+
+def missing_vrt_sources(path: Path) -> list[Path]:
+    """The source files a VRT lists that are not on disk (GDAL's own names such as /vsizip/ are not checked)."""
+    import xml.etree.ElementTree as ElementTree
+
+    try:
+        root = ElementTree.parse(path).getroot()
+    except (ElementTree.ParseError, OSError):
+        return []  # not XML: GDAL's open says what is wrong
+    missing: list[Path] = []
+    for element in root.iter("SourceFilename"):
+        name = (element.text or "").strip()
+        if not name or is_gdal_path(name):
+            continue
+        source = path.parent / name if element.get("relativeToVRT") == "1" else Path(name)
+        if not source.exists() and source not in missing:
+            missing.append(source)
+    return missing
 
 
 def open_raster(path: Union[str, Path]):
-    """Open a raster GDAL can read; missing, corrupt or empty files raise InputError."""
+    """Open a raster GDAL can read; missing, corrupt or empty files raise InputError. No .aux.xml is ever written."""
     import rasterio
     from rasterio.errors import RasterioIOError
 
@@ -102,18 +147,13 @@ def open_raster(path: Union[str, Path]):
     _ignore_not_georeferenced()
     path = Path(path)
     # /vsizip/..., GPKG:file.gpkg:table and other GDAL names are opened by GDAL, not checked as files.
-    text = str(path)
-    is_gdal_path = text.startswith(("/vsi", "http://", "https://")) or (
-        ":" in text[2:] and text.split(":")[0].isupper()
-    )
-    if not is_gdal_path and not path.exists():
-        raise InputError(f"Raster not found: {path}. Check the path.")
-    if not is_gdal_path and path.is_file() and path.stat().st_size == 0:
-        raise InputError(f"Raster {path} is an empty file (0 bytes). Re-export or download it again.")
-    if not is_gdal_path and path.is_dir():
-        raise InputError(f"{path} is a folder, not a raster. Choose a GeoTIFF, VRT or another GDAL raster.")
+    gdal_name = is_gdal_path(path)
+    if not gdal_name:
+        _check_plain_file(path)
     try:
-        dataset = rasterio.open(gdal_path(path) if is_gdal_path else path)
+        # PAM is decided when GDAL opens the dataset, so the setting holds for the dataset's whole life.
+        with rasterio.Env(**NO_SIDECARS):
+            dataset = rasterio.open(gdal_path(path) if gdal_name else path)
     except RasterioIOError as exc:
         if "dimensions" in str(exc).lower():
             raise InputError(f"Raster {path} is empty ({exc}). Choose a raster with pixels.") from None
@@ -333,7 +373,12 @@ class ProbabilityWriter:
         self.width, self.height, self.heads = width, height, list(heads)
         self.dtype = output_dtype
         self._windows: dict[tuple[int, int], _ColumnRows] = {}
-        self._dst = self._create(crs, transform, tags)
+        self._errors = WriteErrors()
+        try:
+            self._dst = self._create(crs, transform, tags)
+        except BaseException:
+            self._errors.detach()
+            raise
 
     def _create(self, crs: Any, transform: Any, tags: Optional[dict[str, str]]):
         import rasterio
@@ -404,6 +449,8 @@ class ProbabilityWriter:
                     f"Internal error: column window {first}-{stop} is not block-aligned; please report it."
                 )
             window = self._windows[(first, stop)] = _ColumnRows(first, stop)
+        if self._errors.messages:  # GDAL failed to write an earlier block (e.g. disk full): stop at once
+            raise OutputError(self._write_failure())
         window.pending.append(self.encode(prob, valid))
         window.pending_rows += prob.shape[1]
         if window.pending_rows >= OUTPUT_BLOCK:
@@ -418,11 +465,23 @@ class ProbabilityWriter:
         n = rows.shape[1] if final else (rows.shape[1] // OUTPUT_BLOCK) * OUTPUT_BLOCK
         if n:
             target = Window(window.first, window.rows_written, window.stop - window.first, n)
-            self._dst.write(rows[:, :n], window=target)
+            try:
+                self._dst.write(rows[:, :n], window=target)
+            except Exception as exc:  # rasterio raises for some write failures and only logs others
+                self._errors.messages.append(str(exc))
+            if self._errors.messages:
+                raise OutputError(self._write_failure())
             window.rows_written += n
         rest = rows[:, n:]
         window.pending = [rest] if rest.shape[1] else []
         window.pending_rows = rest.shape[1]
+
+    def _write_failure(self) -> str:
+        first = self._errors.messages[0].strip().rstrip(".")
+        return (
+            f"Cannot write {self.out_path} ({first}); stopped at once. Check free disk space and that the folder is "
+            "writable, then run again."
+        )
 
     def commit(self, progress: Optional[Any] = None) -> Path:
         """Flush, write the COG (overviews included), and rename it into place."""
@@ -434,6 +493,8 @@ class ProbabilityWriter:
             raise OutputError(f"Internal error: wrote {written} of {self.height} rows; please report it.")
         try:
             self._dst.close()
+            if self._errors.messages:
+                raise OSError(self._errors.messages[0])
             write_cog(self.tmp_path, self.cog_path, self.dtype, progress)
             remove_quietly(self.tmp_path)
             os.replace(self.cog_path, self.out_path)
@@ -446,12 +507,14 @@ class ProbabilityWriter:
         except Exception as exc:
             self.abort()
             raise OutputError(f"Cannot finish writing {self.out_path} ({exc}). Check free disk space.") from None
+        self._errors.detach()
         return self.out_path
 
     def abort(self) -> None:
         """Close and delete the temporary files; the output path is left untouched."""
         with contextlib.suppress(Exception):
             self._dst.close()
+        self._errors.detach()
         remove_quietly(self.tmp_path, self.cog_path)
 
 
@@ -482,17 +545,43 @@ def write_cog(source: Path, target: Path, dtype: str, progress: Optional[Any] = 
 def read_probability(path: Union[str, Path], window=None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(probabilities float32 (heads, h, w) in 0..1, valid (h, w), head names) of a probability raster."""
     with opened(path) as ds:
-        raw = ds.read(window=window)
         tag = ds.tags().get(HEADS_TAG)
         heads = tag.split(",") if tag else [d or f"band{i + 1}" for i, d in enumerate(ds.descriptions)]
-        if raw.dtype == np.uint8:
-            valid = (raw != UINT8_NODATA).all(axis=0)
-            scale, offset = ds.scales[0], ds.offsets[0] or 0.0
-            if scale in (None, 0.0, 1.0):  # written without scale metadata: our format's default
-                scale = UINT8_SCALE
-            prob = raw.astype(np.float32) * np.float32(scale) + np.float32(offset)
-        else:
-            prob = raw.astype(np.float32)
-            valid = np.isfinite(prob).all(axis=0)
-        prob[:, ~valid] = 0.0
+        prob, valid = decode_probability(ds, window)
     return prob, valid, heads
+
+
+def _band_scale(ds, band: int, notes: Optional[list[str]]) -> tuple[float, float]:
+    """(scale, offset) of one probability band; integer bands written without one are read as 0..1."""
+    scale, offset = float(ds.scales[band] or 1.0), float(ds.offsets[band] or 0.0)
+    dtype = np.dtype(ds.dtypes[band])
+    if scale == 1.0 and offset == 0.0 and dtype.kind in "ui":
+        if dtype == np.uint8:  # our format (0..254, nodata 255) or a plain 0..255 band
+            return (UINT8_SCALE if ds.nodatavals[band] == UINT8_NODATA else 1.0 / 255.0), 0.0
+        if notes is not None:
+            notes.append(f"{Path(ds.name).name} band {band + 1} is {dtype} without a scale; read as 0..1.")
+        return 1.0 / float(np.iinfo(dtype).max), 0.0
+    return scale, offset
+
+
+def decode_probability(ds, window=None, notes: Optional[list[str]] = None) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities float32 (bands, h, w) in 0..1, 0 where invalid; valid (h, w)) of an open probability raster.
+
+    The one decoder of the probability format: each band's own scale and offset, nodata in any band or the
+    raster's mask, and NaN mark invalid pixels. notes collects notes on integer bands without a scale.
+    """
+    raw = ds.read(window=window)
+    prob = np.empty(raw.shape, np.float32)
+    for band in range(raw.shape[0]):
+        scale, offset = _band_scale(ds, band, notes)
+        np.multiply(raw[band], np.float32(scale), out=prob[band], casting="unsafe")
+        if offset:
+            prob[band] += np.float32(offset)
+    nodata = ds.nodatavals[0]
+    if nodata is not None and not np.isnan(nodata):
+        valid = (raw != raw.dtype.type(nodata)).all(axis=0)
+    else:
+        valid = ds.read_masks(1, window=window) > 0
+    valid &= np.isfinite(prob).all(axis=0)
+    prob[:, ~valid] = 0.0
+    return prob, valid

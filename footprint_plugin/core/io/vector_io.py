@@ -18,6 +18,7 @@ from shapely.geometry.base import BaseGeometry
 from ..common.errors import InputError, OutputError
 from ..common.geometry import polygonal_valid
 from .atomic import temporary_sibling
+from .paths import MULTI_LAYER_SUFFIXES, container_layers, gdal_path, is_gdal_path
 
 DRIVERS_BY_SUFFIX = {
     ".gpkg": "GPKG",
@@ -109,16 +110,8 @@ def read_polygons(path: Path | str, target_crs_wkt: Optional[str] = None, layer:
     return result
 
 
-def is_gdal_path(path: Path | str) -> bool:
-    """Paths GDAL opens that are not plain files: /vsizip/..., /vsicurl/..., GPKG:file:table."""
-    text = str(path)
-    return text.startswith(("/vsi", "http://", "https://")) or (":" in text[2:] and text.split(":")[0].isupper())
-
-
 def _open_layer(path: Path, layer: Optional[str]):
     """(OGR layer, its dataset, which must stay referenced) or an InputError in the user's words."""
-    from .paths import gdal_path
-
     ogr, _ = _ogr()
     if not is_gdal_path(path) and not path.exists():
         raise InputError(f"Vector file not found: {path}. Check the path.")
@@ -185,11 +178,11 @@ def write_polygons(
     driver: Optional[str] = None,
     extra_layers: Iterable[tuple[str, Sequence[BaseGeometry], Sequence[dict[str, Any]]]] = (),
 ) -> Path:
-    """Write polygons (plus optional extra layers) atomically; overwrite an existing file.
+    """Write polygons (plus optional extra layers) atomically. Into an existing GeoPackage, only these layers
+    are added or replaced (the others are kept); any other existing file is replaced whole.
 
     fields maps attribute name to python type (int, float, str, bool); inferred when omitted.
     """
-    ogr, _ = _ogr()
     path = Path(path)
     driver = driver or DRIVERS_BY_SUFFIX.get(path.suffix.lower(), "GPKG")
     folder = path.parent if str(path.parent) else Path(".")
@@ -207,10 +200,7 @@ def write_polygons(
         raise OutputError(f"Could not write {path}: {exc}. Check free disk space and permissions.") from None
     try:
         tmp_path = tmp_dir / path.name
-        ogr_driver = ogr.GetDriverByName(driver)
-        if ogr_driver is None:
-            raise OutputError(f"GDAL has no vector driver '{driver}'. Use .gpkg, .geojson, .shp or .fgb.")
-        dataset = ogr_driver.CreateDataSource(str(tmp_path))
+        dataset = _new_or_updated(path, tmp_path, driver, [name for name, _, _ in layers])
         srs = _srs_from_wkt(crs_wkt)
         for name, geoms, attrs in layers:
             _write_layer(dataset, name, geoms, attrs, srs, fields)
@@ -231,6 +221,24 @@ def write_polygons(
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return path
+
+
+def _new_or_updated(path: Path, tmp_path: Path, driver: str, layer_names: Sequence[str]):
+    """The dataset to write into at tmp_path: a copy of an existing GeoPackage without the layers about to be
+    written (its other layers, e.g. `roads`, are kept), or a new file."""
+    ogr, _ = _ogr()
+    if path.suffix.lower() in MULTI_LAYER_SUFFIXES and path.is_file() and container_layers(path) is not None:
+        shutil.copyfile(path, tmp_path)
+        dataset = ogr.Open(str(tmp_path), update=1)
+        replaced = {name.lower() for name in layer_names}
+        for index in reversed(range(dataset.GetLayerCount())):
+            if dataset.GetLayer(index).GetName().lower() in replaced:
+                dataset.DeleteLayer(index)
+        return dataset
+    ogr_driver = ogr.GetDriverByName(driver)
+    if ogr_driver is None:
+        raise OutputError(f"GDAL has no vector driver '{driver}'. Use .gpkg, .geojson, .shp or .fgb.")
+    return ogr_driver.CreateDataSource(str(tmp_path))
 
 
 def _write_layer(dataset, name, geometries, attributes, srs, fields) -> None:

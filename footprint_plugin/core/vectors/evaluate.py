@@ -22,9 +22,12 @@ from ..common.callbacks import CancelCallback, ProgressCallback, check_canceled
 from ..common.errors import InputError
 from ..common.geometry import crs_is_metric
 from ..io.atomic import write_text_atomically
+from ..io.paths import split_layer
 from ..io.raster_io import use_bundled_proj_data
 
 CONFIDENCE_FIELDS = ("score", "conf", "confidence")
+# The layers of the TP/FP/FN GeoPackage (written into an existing file, its other layers are kept).
+LAYER_NAMES = ("true_positives", "false_positives", "false_negatives")
 
 
 @dataclass
@@ -200,20 +203,6 @@ class EvaluationResult:
         return lines + [f"Warning: {w}" for w in self.warnings]
 
 
-def split_layer_uri(path: Path | str) -> tuple[Path, Optional[str]]:
-    """'file.gpkg|layername=x' (as QGIS writes it) -> (file.gpkg, 'x'); plain paths -> (path, None)."""
-    text = str(path)
-    if "|" not in text:
-        return Path(text), None
-    file_part, *options = text.split("|")
-    layer = None
-    for option in options:
-        key, _, value = option.partition("=")
-        if key.strip().lower() == "layername":
-            layer = value
-    return Path(file_part), layer
-
-
 def _wgs84_centre(path: Path, layer: Optional[str] = None) -> tuple[float, float]:
     from ..io.vector_io import read_polygons
 
@@ -327,26 +316,7 @@ def evaluate_files(
         )
     check_canceled(is_canceled)
     report(0.4)
-    scores, matches = score_polygons(pair.predicted, pair.ground_truth, iou_threshold, pred_scores=pair.pred_scores)
-    check_canceled(is_canceled)
-    report(0.7)
-    if raster_path is not None:
-        pixel = _raster_pixel_scores(Path(raster_path), pair.predicted, pair.ground_truth, pair.metric_wkt, region)
-        method = "raster"
-    else:
-        pixel, method = area_scores(pair.predicted, pair.ground_truth), "area"
-    result = EvaluationResult(
-        scores,
-        pixel,
-        method,
-        pair.metric_wkt,
-        len(pair.predicted),
-        len(pair.ground_truth),
-        matches,
-        pair.predicted,
-        pair.ground_truth,
-        warnings=pair.warnings,
-    )
+    result = _score_pair(pair, region, raster_path, iou_threshold, is_canceled, report)
     if out_layers is not None:
         _write_layers(result, Path(out_layers))
     if report_json is not None:
@@ -363,6 +333,37 @@ def evaluate_files(
     return result
 
 
+def _score_pair(
+    pair: _Pair,
+    region: Optional[BaseGeometry],
+    raster_path: Optional[Path | str],
+    iou_threshold: float,
+    is_canceled: Optional[CancelCallback],
+    report: ProgressCallback,
+) -> EvaluationResult:
+    """Object scores, then pixel scores on the raster's grid (or exact areas without a raster)."""
+    scores, matches = score_polygons(pair.predicted, pair.ground_truth, iou_threshold, pred_scores=pair.pred_scores)
+    check_canceled(is_canceled)
+    report(0.7)
+    if raster_path is not None:
+        pixel = _raster_pixel_scores(Path(raster_path), pair.predicted, pair.ground_truth, pair.metric_wkt, region)
+        method = "raster"
+    else:
+        pixel, method = area_scores(pair.predicted, pair.ground_truth), "area"
+    return EvaluationResult(
+        scores,
+        pixel,
+        method,
+        pair.metric_wkt,
+        len(pair.predicted),
+        len(pair.ground_truth),
+        matches,
+        pair.predicted,
+        pair.ground_truth,
+        warnings=pair.warnings,
+    )
+
+
 def _check_evaluation_job(
     predicted, ground_truth, aoi, raster, out_layers, report_json, iou_threshold, min_area_m2
 ) -> None:
@@ -376,13 +377,13 @@ def _check_evaluation_job(
     )
     for label, output in (("the TP/FP/FN layers", out_layers), ("the JSON report", report_json)):
         if output is not None:
-            check_folder_writable(split_layer_uri(output)[0], label)
+            check_folder_writable(split_layer(output)[0], label)
     if iou_threshold <= 0 or iou_threshold > 1:
         raise InputError(f"The IoU threshold must be in (0, 1], not {iou_threshold}.")
     if min_area_m2 < 0:
         raise InputError(f"The minimum area must be >= 0 m², not {min_area_m2}.")
     for path in (predicted, ground_truth):
-        on_disk = file_part(split_layer_uri(path)[0])
+        on_disk = file_part(split_layer(path)[0])
         if on_disk is not None and not str(path).startswith("/vsi") and not on_disk.exists():
             raise InputError(f"Vector file not found: {on_disk}. Check the path.")
 
@@ -416,12 +417,18 @@ class _Pair:
 def _read_pair(predicted_path: Path | str, ground_truth_path: Path | str) -> _Pair:
     from ..io.vector_io import read_polygons
 
-    (pred_file, pred_layer), (gt_file, gt_layer) = split_layer_uri(predicted_path), split_layer_uri(ground_truth_path)
+    (pred_file, pred_layer), (gt_file, gt_layer) = split_layer(predicted_path), split_layer(ground_truth_path)
     metric_wkt = choose_metric_crs(
         _layer_crs(pred_file, pred_layer), _layer_crs(gt_file, gt_layer), fallback_path=gt_file, fallback_layer=gt_layer
     )
     pred_data = read_polygons(pred_file, target_crs_wkt=metric_wkt, layer=pred_layer)
     gt_data = read_polygons(gt_file, target_crs_wkt=metric_wkt, layer=gt_layer)
+    for data, path, role in ((pred_data, predicted_path, "predicted"), (gt_data, ground_truth_path, "ground-truth")):
+        if data.n_dropped and not data.geometries:
+            raise InputError(
+                f"The {role} layer {path} has no polygons: its {data.n_dropped} feature(s) are points, lines or "
+                "empty. Evaluation compares building outlines; choose a polygon layer."
+            )
     warnings = pred_data.warnings + gt_data.warnings
     if pred_data.n_fixed or gt_data.n_fixed:
         warnings.append(f"Repaired invalid geometries: {pred_data.n_fixed} predicted, {gt_data.n_fixed} ground truth.")
@@ -439,7 +446,7 @@ def _scored_region(aoi_path, raster_path, metric_wkt: str) -> Optional[BaseGeome
 
     region: Optional[BaseGeometry] = None
     if aoi_path is not None:
-        aoi_file, aoi_layer = split_layer_uri(aoi_path)
+        aoi_file, aoi_layer = split_layer(aoi_path)
         aoi = read_polygons(aoi_file, target_crs_wkt=metric_wkt, layer=aoi_layer)
         if not aoi.geometries:
             raise InputError(f"The area of interest {aoi_path} has no polygons. Draw the AOI as a polygon layer.")
@@ -462,10 +469,10 @@ def _write_layers(result: EvaluationResult, path: Path) -> None:
         [{"pred_index": m.pred, "gt_index": m.gt, "iou": round(m.iou, 4)} for m in matches],
         result.crs_wkt,
         fields={"pred_index": int, "gt_index": int, "iou": float},
-        layer_name="true_positives",
+        layer_name=LAYER_NAMES[0],
         extra_layers=[
-            ("false_positives", [predicted[i] for i in fp_idx], [{"pred_index": i} for i in fp_idx]),
-            ("false_negatives", [ground_truth[i] for i in fn_idx], [{"gt_index": i} for i in fn_idx]),
+            (LAYER_NAMES[1], [predicted[i] for i in fp_idx], [{"pred_index": i} for i in fp_idx]),
+            (LAYER_NAMES[2], [ground_truth[i] for i in fn_idx], [{"gt_index": i} for i in fn_idx]),
         ],
     )
 

@@ -6,9 +6,8 @@ from the internet can never run code) after checking the sha256 recorded in the 
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import Any, Union
+from typing import Union
 
 import torch
 from torch import nn
@@ -17,48 +16,18 @@ from ..common.errors import ModelError, OutputError
 from ..common.vocabulary import check_model_name
 from ..io.atomic import save_torch_atomically
 from ..models import create_model
-from .modelcard import ModelCard, load_card, save_card, sha256_file, user_model_dir
+from .modelcard import ModelCard, check_new_model_name, load_card, save_card, sha256_file, user_model_dir
+from .statedict import extract_state_dict, fit_problem, read_state_dict
 
-STATE_DICT_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net")
-
-
-def extract_state_dict(loaded: Any) -> dict[str, torch.Tensor]:
-    """The state_dict inside a raw dict or a {"state_dict": ...}/{"model": ...} wrapper, without "module."."""
-    state = loaded
-    if isinstance(state, dict):
-        for key in STATE_DICT_WRAPPER_KEYS:
-            if isinstance(state.get(key), dict):
-                state = state[key]
-                break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelError(
-            "The weights file does not contain a PyTorch state_dict (a dict of tensor names to tensors). "
-            "Save the model with torch.save(model.state_dict(), path)."
-        )
-    # DataParallel / DistributedDataParallel checkpoints prefix every key with "module.".
-    return {re.sub(r"^module\.", "", key): value for key, value in state.items()}
+__all__ = ["extract_state_dict", "load_model", "load_state_dict_checked", "save_model"]
 
 
 def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """load_state_dict(strict=True), turning key/shape mismatches into a ModelError that names them."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong_shape = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    if missing or unexpected or wrong_shape:
-        details = []
-        if missing:
-            details.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            details.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
-        if wrong_shape:
-            details.append(f"{len(wrong_shape)} with another shape (e.g. {'; '.join(wrong_shape[:3])})")
+    problem = fit_problem(model.state_dict(), state)
+    if problem:
         raise ModelError(
-            f"The weights in {source} do not fit the architecture in the card: {', '.join(details)}. "
+            f"The weights in {source} do not fit the architecture in the card: {problem}. "
             "Check the card's architecture, in_channels and out_channels."
         )
     model.load_state_dict(state, strict=True)
@@ -82,14 +51,8 @@ def load_model(card: ModelCard, device: Union[str, torch.device] = "cpu") -> nn.
             "re-install or re-import the model."
         )
     model = create_model(card.architecture, card.in_channels, card.out_channels)
-    try:
-        loaded = torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any unpickling failure means an unusable file
-        raise ModelError(
-            f"Cannot read the weights of model '{card.name}' ({weights}): {exc}. "
-            "Only plain state_dicts saved with torch.save are supported."
-        ) from None
-    load_state_dict_checked(model, extract_state_dict(loaded), str(weights))
+    state = read_state_dict(weights, f"the weights of model '{card.name}'")
+    load_state_dict_checked(model, state, str(weights))
     return model.to(device).eval()
 
 
@@ -104,14 +67,11 @@ def save_model(model: nn.Module, card: ModelCard, folder: Union[str, Path]) -> P
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"Cannot create the model folder {folder}: {exc}. Choose a writable folder.") from None
-    check_model_name(card.name)
-    # Only the user model folder is listed beside the bundled one, so only there would the name hide.
+    # Only the user model folder is listed beside the bundled one, so only there would the name hide. The front
+    # ends refuse bundled names for every folder (modelcard.check_new_model_name); maintainers' scripts that
+    # retrain a bundled model save it elsewhere under its own name.
     if folder.resolve() == user_model_dir().resolve():
-        from .modelcard import shadowing_problem
-
-        problem = shadowing_problem(card.name)
-        if problem:
-            raise ModelError(problem)
+        check_new_model_name(card.name)
     weights_path = folder / f"{card.name}.pt"
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     save_torch_atomically(state, weights_path)
@@ -130,19 +90,10 @@ def import_spacenet6_baseline(weights_file: Union[str, Path], name: str) -> Mode
     The checkpoint's state_dict is checked against `unet_vgg11` key by key; in_channels come from its first conv.
     The name is checked (rule, bundled names) before the file is even read.
     """
-    from .modelcard import shadowing_problem
-
-    check_model_name(name)
-    problem = shadowing_problem(name)
-    if problem:
-        raise ModelError(problem)
+    check_new_model_name(name)
     if (user_model_dir() / f"{name}.json").exists():
         raise ModelError(f"A user model named '{name}' exists already. Delete it first or choose another name.")
-    try:
-        loaded = torch.load(weights_file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any unpickling failure means an unusable file
-        raise ModelError(f"Cannot read {weights_file}: {exc}. Pick the baseline's .pth state_dict file.") from None
-    state = extract_state_dict(loaded)
+    state = read_state_dict(Path(weights_file), "the SpaceNet 6 baseline checkpoint")
     first_conv = next((v for k, v in state.items() if k.endswith("weight") and v.ndim == 4), None)
     if first_conv is None:
         raise ModelError(f"{weights_file} has no convolution weights; it is not a SpaceNet 6 baseline checkpoint.")
