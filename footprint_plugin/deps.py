@@ -120,13 +120,23 @@ def _reports_this_python(candidate: Path) -> bool:
     """True when `candidate` runs this very Python: same version and ABI (so pip picks matching wheels)."""
     import subprocess
 
-    probe = "import sys, sysconfig; print(sys.version_info[:2], sys.implementation.cache_tag, sysconfig.get_platform())"
     try:
-        out = subprocess.run([str(candidate), "-c", probe], capture_output=True, text=True, timeout=30)
+        out = subprocess.run([str(candidate), "-c", _PROBE], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return False
-    expected = f"{tuple(sys.version_info[:2])} {sys.implementation.cache_tag} {sysconfig.get_platform()}"
-    return out.returncode == 0 and out.stdout.strip() == expected
+    return out.returncode == 0 and out.stdout.strip() == _this_python()
+
+
+# The same build and installation, not only the same version: a pyenv or conda python3.11 reports the
+# same version and ABI tag but lives under another prefix, with site-packages this QGIS never reads.
+_PROBE = (
+    "import sys, sysconfig; print(sys.version, sys.implementation.cache_tag, sysconfig.get_platform(), "
+    "sys.base_prefix)"
+)
+
+
+def _this_python() -> str:
+    return f"{sys.version} {sys.implementation.cache_tag} {sysconfig.get_platform()} {sys.base_prefix}"
 
 
 def python_candidates() -> list[Path]:
@@ -136,7 +146,8 @@ def python_candidates() -> list[Path]:
     candidates: list[Path] = []
     for attribute in ("_base_executable", "executable"):
         value = getattr(sys, attribute, "")
-        if value and Path(value).name.lower().startswith("python"):
+        # Embedded Python guesses sys.executable from PATH, where a pyenv shim may come first.
+        if value and Path(value).name.lower().startswith("python") and "shims" not in Path(value).parts:
             candidates.append(Path(value))
     prefixes = [
         Path(p)

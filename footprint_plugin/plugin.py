@@ -16,7 +16,7 @@ except ImportError:
     from qgis.PyQt.QtWidgets import QAction  # Qt5 / QGIS 3
 
 from . import deps
-from .core.zoo.modelcard import USER_MODELS_ENV
+from .core.zoo.modelcard import LEGACY_MODELS_ENV
 from .processing.base import ICON_PATH
 
 MENU = "&Building Footprints"
@@ -42,10 +42,12 @@ class FootprintPlugin:
         if self.provider is not None:
             return
         deps.ensure_dependency_path()
-        if not os.environ.get(USER_MODELS_ENV):
-            settings_dir = QgsApplication.qgisSettingsDirPath()
-            if settings_dir:
-                os.environ[USER_MODELS_ENV] = str(Path(settings_dir) / "footprint_plugin" / "models")
+        # Models go to core.zoo.modelcard.user_model_dir(), shared with the CLI; models that older versions
+        # trained into the profile stay listed (read-only) through LEGACY_MODELS_ENV.
+        settings_dir = QgsApplication.qgisSettingsDirPath()
+        legacy = Path(settings_dir) / "footprint_plugin" / "models" if settings_dir else None
+        if legacy is not None and legacy.is_dir() and not os.environ.get(LEGACY_MODELS_ENV):
+            os.environ[LEGACY_MODELS_ENV] = str(legacy)
         from .processing.provider import FootprintProvider
 
         self.provider = FootprintProvider()
@@ -58,6 +60,7 @@ class FootprintPlugin:
         main_window = self.iface.mainWindow()
         self.detect_action = self._add_action(icon, "Detect buildings", self.show_detect_dialog, main_window)
         self._add_action(icon, "Train / fine-tune model…", self.show_train_dialog, main_window)
+        self._add_action(icon, "Improve for this area…", self.show_improve_dialog, main_window)
         self._add_action(QIcon(), "Model manager…", self.show_model_manager, main_window)
         self._add_action(QIcon(), "Install dependencies…", self.show_dependency_installer, main_window)
         self.toolbar = self.iface.addToolBar(TITLE)
@@ -122,13 +125,20 @@ class FootprintPlugin:
 
     # --- Detect -----------------------------------------------------------------------------------------
     def show_detect_dialog(self) -> None:
+        from qgis.core import QgsProject
+
         layer = self.iface.activeLayer()
         if not isinstance(layer, QgsRasterLayer):
-            self._message(
-                "Select a raster layer in the Layers panel first: Detect buildings runs on the active raster layer.",
-                Qgis.MessageLevel.Warning,
-            )
-            return
+            # The dialog has its own input picker: start from any raster of the project.
+            rasters = [lyr for lyr in QgsProject.instance().mapLayers().values() if isinstance(lyr, QgsRasterLayer)]
+            if not rasters:
+                self._message(
+                    "Add a raster layer (a GeoTIFF, a VRT or a web map) to the project first: "
+                    "Detect buildings finds buildings in a raster.",
+                    Qgis.MessageLevel.Warning,
+                )
+                return
+            layer = rasters[0]
         if not self._dependencies_ready():
             return
         from .gui.detect_dialog import DetectDialog
@@ -169,28 +179,32 @@ class FootprintPlugin:
         return self.last_run
 
     def _detection_finished(self, ok: bool, results: dict[str, Any], run: Any, layer_name: str) -> None:
-        from .gui.messages import user_warnings
+        from .gui.messages import detection_report, log_details
 
-        if run.canceled():
-            text, level, duration = f"Detection in {layer_name} canceled; nothing was added.", Qgis.MessageLevel.Info, 8
-            messages = [(text, level, duration)]
-        elif not ok:
-            messages = [(f"Detection failed: {run.error_text()}", Qgis.MessageLevel.Critical, 0)]
-        else:
-            count = int(results.get("N_BUILDINGS", 0))
-            summary = (
-                f"{count} building{'' if count == 1 else 's'} found in {layer_name} in {results.get('SECONDS', 0):.1f} s "
-                f"({results.get('MP_PER_S', 0):.2f} MP/s) on {results.get('DEVICE_USED', '?')} "
-                f"with {results.get('MODEL_USED', '?')}."
-            )
-            # Warnings first and the summary last, kept until closed, so it is the one on top.
-            messages = [(w, Qgis.MessageLevel.Warning, 20) for w in user_warnings(run.warnings)]
-            messages.append((summary, Qgis.MessageLevel.Success, 0))
+        # One message in the bar per run; warnings and notes go to the Log Messages panel.
+        message = detection_report(ok, run.canceled(), results, run, layer_name)
+        if ok and not run.canceled():
+            log_details(run, layer_name)
         # After QGIS's own "Task complete" notice, which it pushes once this task's status changes: ours
         # must land above it, not under it.
-        QTimer.singleShot(MESSAGE_DELAY_MS, lambda: [self._message(*message) for message in messages])
+        QTimer.singleShot(MESSAGE_DELAY_MS, lambda: self._message(*message))
 
     # --- Other dialogs ----------------------------------------------------------------------------------
+    def show_improve_dialog(self) -> None:
+        """The guided loop (gui/improve_dialog.py) from the last finished Detect run."""
+        run = self.last_run
+        if run is None or not run.done or not run.succeeded:
+            self._message(
+                "Run Detect buildings first (with a probability raster): Improve for this area starts from its result.",
+                Qgis.MessageLevel.Warning,
+            )
+            return
+        from .gui.improve_dialog import ImproveDialog
+
+        dialog = ImproveDialog(run, self.iface, self.iface.mainWindow())
+        self._replace_dialog("improve", dialog)
+        dialog.show()
+
     def show_train_dialog(self) -> None:
         if not self._dependencies_ready():
             return

@@ -148,7 +148,13 @@ def toolbox_run():
         {"INPUT": STATE["layer"].id(), "OUTPUT": "TEMPORARY_OUTPUT", "PROBABILITY": "TEMPORARY_OUTPUT"},
     )
     group = root.findGroup(STATE["layer"].name() + " (2)")
-    STATUS["toolbox_group_layers"] = [node.layer().name() for node in group.findLayers()] if group else []
+    STATUS["toolbox_group_layers"] = (
+        [node.layer().name().split(" — ")[0] for node in group.findLayers()] if group else []
+    )
+    STATUS["all_layer_names"] = sorted(layer.name() for layer in QgsProject.instance().mapLayers().values())
+    STATE["temporary_buildings"] = (
+        next((n.layer() for n in group.findLayers() if n.layer().providerType() == "memory"), None) if group else None
+    )
     STATUS["toolbox_renderers"] = [node.layer().renderer().type() for node in group.findLayers()] if group else []
     log("toolbox run finished")
     iface.mapCanvas().setExtent(STATE["layer"].extent())
@@ -159,10 +165,83 @@ def toolbox_run():
 @guarded
 def toolbox_screenshot():
     screenshot("5_toolbox_result.png")
+    evaluate_temporary_output()
+
+
+@guarded
+def evaluate_temporary_output():
+    """Evaluate on Detect's temporary (memory) output, as a task like the toolbox runs it (worker thread)."""
+    from building_footprints.footprint_plugin.gui.tasks import AlgorithmRun
+    from qgis.core import QgsProcessingOutputLayerDefinition, QgsVectorLayer
+
+    predicted = STATE["temporary_buildings"]
+    reference = QgsVectorLayer(os.environ["FOOTPRINT_DESKTOP_LABELS"], "reference labels", "ogr")
+    QgsProject.instance().addMapLayer(reference)
+    parameters = {
+        "PREDICTED": predicted.id(),
+        "REFERENCE": reference.id(),
+        **{
+            name: QgsProcessingOutputLayerDefinition("TEMPORARY_OUTPUT", QgsProject.instance())
+            for name in ("TRUE_POSITIVES", "FALSE_POSITIVES", "FALSE_NEGATIVES")
+        },
+    }
+    STATE["evaluation"] = AlgorithmRun("footprint:evaluatefootprints", parameters, lambda *_: None).start()
+    STATE["started"] = time.monotonic()
+    QTimer.singleShot(500, evaluation_done)
+
+
+@guarded
+def evaluation_done():
+    run = STATE["evaluation"]
+    if not run.done:
+        if time.monotonic() - STATE["started"] > 120:
+            return finish(False, "the evaluation task did not finish in 2 minutes")
+        QTimer.singleShot(500, evaluation_done)
+        return
+    STATUS["evaluation"] = {
+        "succeeded": run.succeeded,
+        "error": "" if run.succeeded else run.error_text(),
+        "scores": {k: run.results.get(k) for k in ("TP", "FP", "FN")},
+        "layers": [
+            (layer.name(), layer.crs().authid(), layer.renderer().symbol().color().name()) for layer in run.loaded
+        ],
+        "predicted_crs": STATE["temporary_buildings"].crs().authid(),
+    }
+    log("evaluation finished")
+    iface.mapCanvas().refreshAllLayers()
+    QTimer.singleShot(3000, sar_dialog)
+
+
+@guarded
+def sar_dialog():
+    """The input picker, switched to a SAR raster: EO models greyed out, the refusal in the dialog."""
+    screenshot("6_evaluation.png")
+    sar = QgsRasterLayer(os.environ["FOOTPRINT_DESKTOP_SAR"], "capella slc")
+    QgsProject.instance().addMapLayer(sar)
+    iface.setActiveLayer(STATE["layer"])
+    STATE["plugin"].detect_action.trigger()
+    dialog = STATE["plugin"]._dialogs["detect"]
+    inputs = [dialog.inputCombo.itemText(i) for i in range(dialog.inputCombo.count())]
+    dialog.set_input(sar)
+    STATUS["sar_dialog"] = {
+        "inputs": inputs,
+        "models": [dialog.modelCombo.itemText(i) for i in range(dialog.modelCombo.count())],
+        "message": dialog.cardBrowser.toPlainText(),
+        "detect_enabled": dialog.buttonBox.button(QDialogButtonBox.StandardButton.Ok).isEnabled(),
+    }
+    QTimer.singleShot(1500, sar_screenshot)
+
+
+@guarded
+def sar_screenshot():
+    screenshot("7_sar_refusal.png")
+    STATE["plugin"]._dialogs["detect"].close()
+    evaluation = STATUS.get("evaluation", {})
     finish(
         bool(STATUS.get("task_succeeded"))
         and len(STATUS["group_layers"]) == 2
         and STATUS.get("toolbox_group_layers") == ["Buildings", "Building probability"]
+        and bool(evaluation.get("succeeded"))
     )
 
 

@@ -62,8 +62,8 @@ def test_detect_action_runs_task_and_adds_two_layers(plugin, qgis_iface, shared_
     assert run.succeeded, run.error_text()
     group = QgsProject.instance().layerTreeRoot().findGroup(layer.name())
     assert isinstance(group, QgsLayerTreeGroup)
-    names = sorted(node.layer().name() for node in group.findLayers())
-    assert names == ["Building probability", "Buildings"]
+    names = [node.layer().name() for node in group.findLayers()]
+    assert names == [f"Buildings — {layer.name()} (tiny_test_model v1.0)", f"Building probability — {layer.name()}"]
     assert all(node.layer().isValid() for node in group.findLayers())
     assert (tmp_path / "buildings.gpkg").is_file() and (tmp_path / "buildings_probability.tif").is_file()
     # The summary comes a moment later, so that it lands above QGIS's own "Task complete" notice.
@@ -71,8 +71,10 @@ def test_detect_action_runs_task_and_adds_two_layers(plugin, qgis_iface, shared_
     assert wait_until(lambda: bar.get_messages(Qgis.MessageLevel.Success), limit_s=10)
     messages = bar.get_messages(Qgis.MessageLevel.Success)
     assert any("found in" in m and "MP/s" in m and "CPU" in m for m in messages), messages
+    # One message per run: warnings and notes go to the log panel, never as extra yellow bars.
+    assert not bar.get_messages(Qgis.MessageLevel.Warning), bar.get_messages(Qgis.MessageLevel.Warning)
     # Styled like every other path (processing/results.py): outlines over the one-band footprint ramp.
-    probability = next(n.layer() for n in group.findLayers() if n.layer().name() == "Building probability")
+    probability = next(n.layer() for n in group.findLayers() if n.layer().name().startswith("Building probability"))
     assert probability.renderer().type() == "singlebandpseudocolor" and probability.renderer().band() == 1
     # The next dialog starts from the last-used settings.
     plugin.detect_action.trigger()
@@ -278,10 +280,45 @@ def test_train_dialog_skips_our_outputs_and_checks_the_name(plugin, qgis_iface, 
 
 
 def test_warnings_in_user_words_once():
-    from building_footprints.footprint_plugin.gui.messages import user_warnings
+    from building_footprints.footprint_plugin.gui.messages import user_notes, user_warnings
 
     from footprint_plugin.core.engine.inference import BF16_FALLBACK_WARNING
 
     engine = BF16_FALLBACK_WARNING
-    assert engine == "Using full precision: the faster mode changed the result on this model."
-    assert user_warnings([engine, "Warning: " + engine, "Other note."]) == [engine, "Other note."]
+    assert user_warnings([engine, "Warning: Other note.", "Other note."]) == ["Other note."]
+    assert user_notes([engine, "Warning: " + engine]) == [
+        "Running in full precision (bf16 changed this model's result)"
+    ]
+
+
+def test_detect_dialog_picks_input_and_refuses_eo_models_on_sar(plugin, qgis_iface, shared_data, monkeypatch, tmp_path):
+    """The input picker lists the project's rasters; on a SAR raster the EO models are greyed out with the
+    reason and the dialog says no SAR model is installed and how to get one."""
+    from qgis.core import QgsVectorLayer
+
+    # Only the bundled (EO) models: earlier tests here import a SAR model into the shared user folder.
+    monkeypatch.setenv("FOOTPRINT_USER_MODELS", str(tmp_path / "no_user_models"))
+
+    kampala = sorted((shared_data / "eo" / "hotosm_kampala" / "tiles").glob("OAM-*-19.tif"))[0]
+    optical = _load_active_raster(qgis_iface, kampala)
+    sar = QgsRasterLayer(str(shared_data / "sar" / "rotterdam_capella" / "sar_hh.tif"), "capella slc")
+    QgsProject.instance().addMapLayer(sar)
+    labels = QgsVectorLayer(str(shared_data / "eo" / "hotosm_kampala" / "labels.geojson"), "digitized", "ogr")
+    other = QgsVectorLayer("Polygon?crs=EPSG:3857", "other polygons", "memory")
+    QgsProject.instance().addMapLayers([other, labels])
+    labels.selectByIds([next(labels.getFeatures()).id()])
+    plugin.detect_action.trigger()
+    dialog = plugin._dialogs["detect"]
+    assert dialog.layer is optical and dialog.selected_card() is not None
+    assert dialog.maskCombo.currentLayer() is labels  # the layer with a selection
+    ok = dialog.buttonBox.button(QDialogButtonBox.StandardButton.Ok)
+    assert ok.isEnabled()
+    dialog.set_input(sar)
+    assert dialog.layer is sar and "radar" in dialog.inputLabel.text()
+    texts = [dialog.modelCombo.itemText(i) for i in range(dialog.modelCombo.count())]
+    assert all("EO" in t and "not for this raster" in t for t in texts), "\n".join(texts)
+    assert dialog.selected_card() is None and not ok.isEnabled()
+    message = dialog.cardBrowser.toPlainText()
+    assert "No SAR model is installed" in message and "Train" in message and "SpaceNet 6" in message
+    dialog.set_input(optical)
+    assert ok.isEnabled() and dialog.selected_card() is not None

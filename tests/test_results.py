@@ -13,23 +13,6 @@ from qgis.core import QgsApplication, QgsProject, QgsRasterLayer, QgsVectorLayer
 KAMPALA = "eo/hotosm_kampala"
 
 
-@pytest.fixture(scope="module")
-def provider(qgis_processing):
-    from footprint_plugin.processing.provider import FootprintProvider
-
-    registry = QgsApplication.processingRegistry()
-    provider = FootprintProvider()
-    assert registry.addProvider(provider)
-    yield provider
-    registry.removeProvider(provider)
-
-
-@pytest.fixture
-def tiny_model(tiny_model_dir, monkeypatch) -> str:
-    monkeypatch.setenv("FOOTPRINT_USER_MODELS", str(tiny_model_dir))
-    return "tiny_test_model"
-
-
 @pytest.fixture
 def kampala_tile(shared_data) -> Path:
     return sorted((shared_data / KAMPALA / "tiles").glob("OAM-*-19.tif"))[0]
@@ -41,9 +24,16 @@ def _group_layers(name: str) -> dict[str, object]:
     return {node.layer().name(): node.layer() for node in group.findLayers()}
 
 
+def _kind(name: str) -> str:
+    """'Buildings — tile (model)' -> 'Buildings': the layer names say input and model after a dash."""
+    return name.split(" — ")[0]
+
+
 def _assert_styled(layers: dict) -> None:
-    assert list(layers) == ["Buildings", "Building probability"]  # outlines on top of the raster
-    buildings, probability = layers["Buildings"], layers["Building probability"]
+    assert [_kind(name) for name in layers] == ["Buildings", "Building probability"]  # outlines on top
+    buildings, probability = (
+        next(v for k, v in layers.items() if _kind(k) == kind) for kind in ("Buildings", "Building probability")
+    )
     assert buildings.renderer().type() == "singleSymbol"
     symbol = buildings.renderer().symbol()
     assert symbol.symbolLayer(0).brushStyle() != 1 or symbol.color().alpha() < 255  # not an opaque random fill
@@ -80,7 +70,11 @@ def test_toolbox_run_gives_styled_group_and_repeat_gets_new_name(
     assert "not correctly generated" not in feedback.textLog()
     _assert_styled(_group_layers("Kampala tile"))
     _assert_styled(_group_layers("Kampala tile (2)"))
-    assert _group_layers("Kampala tile")["Buildings"].providerType() == "memory"
+    first, second = list(_group_layers("Kampala tile")), list(_group_layers("Kampala tile (2)"))
+    assert first[0] == "Buildings — Kampala tile (tiny_test_model v1.0)", first
+    assert first[1] == "Building probability — Kampala tile"
+    assert second == [first[0] + " (2)", first[1] + " (2)"]  # two runs: names a layer picker tells apart
+    assert _group_layers("Kampala tile")[first[0]].providerType() == "memory"
 
 
 def test_files_carry_their_style_for_qgis_process(provider, tiny_model, kampala_tile, tmp_path):

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from qgis.core import (
+    Qgis,
     QgsApplication,
     QgsMapLayerProxyModel,
     QgsProcessingFeatureSourceDefinition,
@@ -20,14 +21,16 @@ from qgis.core import (
     QgsRasterLayer,
     QgsReferencedRectangle,
     QgsSettings,
+    QgsVectorLayer,
 )
 from qgis.gui import QgsMapLayerComboBox, QgsProcessingLayerOutputDestinationWidget, QgsProcessingParameterWidgetContext
 from qgis.PyQt import uic
-from qgis.PyQt.QtCore import QTimer
+from qgis.PyQt.QtCore import Qt, QTimer
 from qgis.PyQt.QtWidgets import QComboBox, QDialog, QDialogButtonBox, QHBoxLayout, QLabel, QWidget
 
 from ..core.common.vocabulary import DEFAULT_MIN_AREA_M2
 from ..processing.models_choice import DEVICES, default_model
+from ..processing.results import is_result_layer
 from . import warmup
 from .warmup import device_summary  # noqa: F401 - kept importable from here
 
@@ -113,31 +116,77 @@ def layer_label(layer: Any) -> str:
     return f"{layer.name()} [{where}]"
 
 
+def model_misfit(card: Any, band_count: int, sar_reason: Optional[str], is_file: bool) -> Optional[str]:
+    """Why a model does not fit the input raster (sensor, band count), or None when it fits."""
+    if sar_reason and card.sensor == "EO":
+        return "an optical (EO) model; this raster looks like radar (SAR)"
+    if is_file and not sar_reason and card.sensor == "SAR":
+        return "a radar (SAR) model; this raster looks optical (EO)"
+    if is_file:
+        from ..core.common.errors import ModelError
+        from ..core.engine.scaling import resolve_bands
+
+        try:
+            resolve_bands(band_count, card)
+        except ModelError:
+            return f"needs {card.in_channels} band(s) ({', '.join(card.band_roles)}); this raster has {band_count}"
+    return None
+
+
+def raster_sar_reason(layer: Any) -> Optional[str]:
+    """Why a file raster looks like SAR (core.io.sensor), or None; web layers are fetched as optical RGB."""
+    if layer is None or layer.providerType() != "gdal":
+        return None
+    try:
+        from ..core.io.sensor import raster_sar_reason as core_reason
+
+        return core_reason(layer.source().split("|")[0])
+    except Exception:  # noqa: BLE001 - an unreadable raster is reported by the run itself
+        return None
+
+
+def _data_band_count(layer: Any) -> int:
+    """Bands without an alpha band (RGBA is read as RGB plus a mask)."""
+    provider = layer.dataProvider()
+    alpha = Qgis.RasterColorInterpretation.AlphaBand if hasattr(Qgis, "RasterColorInterpretation") else 6
+    count = layer.bandCount()
+    bands = [b for b in range(1, count + 1) if provider.colorInterpretation(b) != alpha]
+    return len(bands) if count > 1 else count
+
+
 class DetectDialog(QDialog, FORM_CLASS):
     """Non-modal; the plugin connects `accepted` and reads `parameters()`."""
 
-    def __init__(self, layer: QgsRasterLayer, parent: Optional[QWidget] = None, canvas: Any = None) -> None:
+    def __init__(
+        self, layer: Optional[QgsRasterLayer] = None, parent: Optional[QWidget] = None, canvas: Any = None
+    ) -> None:
         super().__init__(parent)
         self.setupUi(self)
-        self.layer = layer
         self.canvas = canvas
         self.cards: list = []
+        self.misfits: dict[str, Optional[str]] = {}
+        self.sar_reason: Optional[str] = None
         self.settings = QgsSettings()
-        kind = (
-            "file"
-            if layer.providerType() == "gdal"
-            else f"{layer.providerType()} web/service layer, fetched at the model's pixel size"
+        self.inputCombo = QgsMapLayerComboBox()
+        self.inputCombo.setFilters(QgsMapLayerProxyModel.Filter.RasterLayer)
+        self.inputCombo.setAllowEmptyLayer(False)
+        self.inputCombo.setExceptedLayerList(
+            [candidate for candidate in QgsProject.instance().mapLayers().values() if is_result_layer(candidate)]
         )
-        self.inputLabel.setText(
-            f"Input raster: <b>{html.escape(layer.name())}</b> ({html.escape(kind)}, {layer.bandCount()} band(s), "
-            f"{html.escape(layer.crs().authid())})"
-        )
+        if layer is not None:
+            self.inputCombo.setLayer(layer)
+        input_row = QWidget()
+        input_layout = QHBoxLayout(input_row)
+        input_layout.setContentsMargins(0, 0, 0, 0)
+        input_layout.addWidget(QLabel(self.tr("Input raster")))
+        input_layout.addWidget(self.inputCombo, 1)
+        self.mainLayout.insertWidget(0, input_row)
         self.deviceCombo.addItems(list(DEVICES))
         self.modelCombo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
         self._add_area_and_outputs()
         self._show_device()
         self.modelCombo.currentIndexChanged.connect(self._model_changed)
-        self.reload_models()
+        self._input_changed()  # describes the input and lists the models that fit it
         self._restore_settings()
         self.buttonBox.button(QDialogButtonBox.StandardButton.Ok).setText(self.tr("Detect"))
         self.accepted_parameters: Optional[dict[str, Any]] = None
@@ -148,6 +197,37 @@ class DetectDialog(QDialog, FORM_CLASS):
         self.buttonBox.accepted.connect(self.accept)
         self.buttonBox.rejected.connect(self.reject)
         self.accepted.connect(self._save_settings)
+        self.inputCombo.layerChanged.connect(self._input_changed)
+
+    @property
+    def layer(self) -> Optional[QgsRasterLayer]:
+        """The raster the run will read: the input picker's choice."""
+        return self.inputCombo.currentLayer()
+
+    def set_input(self, layer: QgsRasterLayer) -> None:
+        self.inputCombo.setLayer(layer)
+
+    def _input_changed(self, *_args: Any) -> None:
+        """A new input: describe it, and grey out the models that do not fit it (sensor, bands)."""
+        layer = self.layer
+        if layer is None:
+            self.inputLabel.setText(self.tr("<b>Add a raster layer to the project to detect buildings in it.</b>"))
+            self.buttonBox.button(QDialogButtonBox.StandardButton.Ok).setEnabled(False)
+            return
+        kind = (
+            "file"
+            if layer.providerType() == "gdal"
+            else f"{layer.providerType()} web/service layer, fetched at the model's pixel size"
+        )
+        self.sar_reason = raster_sar_reason(layer)
+        sensor = f", looks like radar (SAR): {self.sar_reason}" if self.sar_reason else ""
+        self.inputLabel.setText(
+            f"{html.escape(kind)}, {layer.bandCount()} band(s), {html.escape(layer.crs().authid())}"
+            + html.escape(sensor)
+        )
+        if layer.providerType() != "gdal" and self.canvas is not None:
+            self.areaCombo.setCurrentIndex(AREA_CANVAS)  # a web map covers the world: start from the view
+        self.reload_models()
 
     def accept(self) -> None:
         """Close only with parameters that make sense; otherwise say what to change and stay open."""
@@ -184,8 +264,16 @@ class DetectDialog(QDialog, FORM_CLASS):
         self.formLayout.addRow(QLabel(self.tr("Area")), area_row)
         if self.canvas is None:
             self.areaCombo.model().item(AREA_CANVAS).setEnabled(False)
-        if self.layer.providerType() != "gdal" and self.canvas is not None:
-            self.areaCombo.setCurrentIndex(AREA_CANVAS)  # a web map covers the world: start from the view
+        self.maskCombo.setExceptedLayerList(
+            [candidate for candidate in QgsProject.instance().mapLayers().values() if is_result_layer(candidate)]
+        )
+        selected = [
+            candidate
+            for candidate in QgsProject.instance().mapLayers().values()
+            if isinstance(candidate, QgsVectorLayer) and candidate.selectedFeatureCount() > 0
+        ]
+        if selected:
+            self.maskCombo.setLayer(selected[0])  # the layer the user just selected polygons in
         self._area_changed()
 
         self.outputWidget = QgsProcessingLayerOutputDestinationWidget(
@@ -224,37 +312,60 @@ class DetectDialog(QDialog, FORM_CLASS):
 
     # --- models -----------------------------------------------------------------------------------------
     def reload_models(self) -> None:
-        """Re-read the model folders, so models trained or imported since are listed."""
+        """Re-read the model folders, so models trained or imported since are listed; each shows its
+        sensor, and models that do not fit the input are greyed out with the reason."""
         from ..core.zoo.modelcard import list_models
 
         current = self.modelCombo.currentData()
         self.cards = list_models()
+        layer = self.layer
+        bands = _data_band_count(layer) if layer is not None else 0
+        is_file = layer is not None and layer.providerType() == "gdal"
+        self.misfits = {card.name: model_misfit(card, bands, self.sar_reason, is_file) for card in self.cards}
         self.modelCombo.blockSignals(True)
         self.modelCombo.clear()
-        for card in self.cards:
+        items = self.modelCombo.model()
+        for index, card in enumerate(self.cards):
             version = (
                 f" v{card.version}"
                 if getattr(card, "version", "") and f"v{card.version}" not in card.display_name
                 else ""
             )
-            self.modelCombo.addItem(card.display_name + version + ("" if card.bundled else " [user]"), card.name)
+            label = f"{card.display_name}{version} — {card.sensor}, {card.in_channels} band(s)"
+            label += "" if card.bundled else " [user]"
+            misfit = self.misfits[card.name]
+            self.modelCombo.addItem(label + (f" (not for this raster: {misfit})" if misfit else ""), card.name)
+            if misfit:
+                items.item(index).setEnabled(False)
+                self.modelCombo.setItemData(index, misfit, Qt.ItemDataRole.ToolTipRole)
         self.modelCombo.blockSignals(False)
-        wanted = (
-            current
-            or self.settings.value(SETTINGS_PREFIX + "model", "")
-            or default_model([card.name for card in self.cards])
-        )
-        index = self.modelCombo.findData(wanted)
-        self.modelCombo.setCurrentIndex(max(index, 0))
+        fitting = [card.name for card in self.cards if not self.misfits[card.name]]
+        preferred = [current, self.settings.value(SETTINGS_PREFIX + "model", ""), default_model(fitting or None)]
+        wanted = next((name for name in preferred if name in fitting), fitting[0] if fitting else None)
+        self.modelCombo.setCurrentIndex(max(self.modelCombo.findData(wanted), 0) if wanted else -1)
         self._model_changed()
         ok = self.buttonBox.button(QDialogButtonBox.StandardButton.Ok)
-        ok.setEnabled(bool(self.cards))
+        ok.setEnabled(bool(fitting))
         if not self.cards:
             self.cardBrowser.setHtml("<p><b>No model installed.</b> Import one in the Model manager or train one.</p>")
+        elif not fitting:
+            self.cardBrowser.setHtml(f"<p><b>{html.escape(self.no_model_message())}</b></p>")
+
+    def no_model_message(self) -> str:
+        """Why no installed model can run on this input, and how to get one."""
+        layer = self.layer
+        if self.sar_reason and layer is not None:
+            from ..core.io.sensor import sar_refusal
+
+            eo = next((card.name for card in self.cards if card.sensor == "EO"), "installed")
+            return sar_refusal(layer.name(), self.sar_reason, eo, [])
+        reasons = "; ".join(f"{name}: {why}" for name, why in self.misfits.items() if why)
+        return f"No installed model fits this raster ({reasons}). Import or train one for it."
 
     def selected_card(self) -> Any:
         index = self.modelCombo.currentIndex()
-        return self.cards[index] if 0 <= index < len(self.cards) else None
+        card = self.cards[index] if 0 <= index < len(self.cards) else None
+        return card if card is not None and not self.misfits.get(card.name) else None
 
     def _model_changed(self, *_args: Any) -> None:
         card = self.selected_card()
@@ -331,6 +442,10 @@ class DetectDialog(QDialog, FORM_CLASS):
     def parameters(self) -> dict[str, Any]:
         """Parameters for footprint:detectbuildings; raises ValueError with a how-to-fix message."""
         card = self.selected_card()
+        if self.layer is None:
+            raise ValueError(self.tr("Add a raster layer to the project and pick it as the input."))
+        if card is None:
+            raise ValueError(self.no_model_message())
         buildings = self._destination(self.outputWidget, "Buildings")
         if buildings is None:
             raise ValueError(self.tr("Choose where the buildings go (a temporary layer is fine)."))

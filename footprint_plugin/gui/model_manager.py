@@ -62,6 +62,8 @@ class ModelManagerDialog(QDialog):
         splitter.addWidget(self.model_list)
         splitter.addWidget(self.card_view)
         splitter.setStretchFactor(1, 2)
+        splitter.setChildrenCollapsible(False)  # resizable, but neither pane can vanish
+        self.splitter = splitter
         layout.addWidget(splitter, 1)
         self.folder_label = QLabel()
         self.folder_label.setWordWrap(True)
@@ -94,7 +96,9 @@ class ModelManagerDialog(QDialog):
                 card.display_name + (self.tr("  [bundled]") if card.bundled else self.tr("  [user]"))
             )
             item.setData(Qt.ItemDataRole.UserRole, card.name)
+            item.setToolTip(f"{card.display_name} ({card.sensor}, {card.in_channels} band(s))")
             self.model_list.addItem(item)
+        self._fit_names()
         text = self.tr("User models are stored in {}").format(user_model_dir())
         if problems:
             # A skipped card is shown, never silently dropped: the user sees which file and which field.
@@ -103,6 +107,14 @@ class ModelManagerDialog(QDialog):
         names = [card.name for card in self.cards]
         self.model_list.setCurrentRow(names.index(select) if select in names else (0 if names else -1))
         self._show_card(self.model_list.currentRow())
+
+    def _fit_names(self) -> None:
+        """The list pane is never narrower than its longest name (the splitter gives the rest to the card)."""
+        widest = self.model_list.sizeHintForColumn(0) if self.model_list.count() else 0
+        frame = 2 * self.model_list.frameWidth() + self.model_list.verticalScrollBar().sizeHint().width() + 8
+        self.model_list.setMinimumWidth(widest + frame)
+        total = sum(self.splitter.sizes()) or self.width()
+        self.splitter.setSizes([widest + frame, max(total - widest - frame, 200)])
 
     def selected_card(self) -> Any:
         row = self.model_list.currentRow()

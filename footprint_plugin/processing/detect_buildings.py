@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from .base import (
 )
 from .compat import SOURCE_POLYGON, WKB_MULTIPOLYGON
 from .detector_settings import DetectorSettings
-from .messages import user_warnings
+from .messages import user_notes, user_warnings
 
 
 def crop_window(
@@ -44,10 +45,10 @@ def crop_window(
     layer: QgsRasterLayer,
     extent: QgsRectangle | None,
     mask_geometry: QgsGeometry | None,
-    scratch: Path,
-) -> Path:
-    """A VRT of the part of the raster inside extent and mask bounds (both in the raster's CRS)."""
-    from osgeo import gdal
+) -> tuple[int, int, int, int]:
+    """The raster's pixel window inside extent and mask bounds (both in the raster's CRS). Detect runs on the
+    raster itself with this window, so its statistics and tile grid are the whole layer's on any extent."""
+    from ..core.engine.planning import pixel_window
 
     area = QgsRectangle(layer.extent())
     for limit in (extent, mask_geometry.boundingBox() if mask_geometry is not None else None):
@@ -57,15 +58,7 @@ def crop_window(
         raise QgsProcessingException(
             "The extent/mask does not overlap the raster. Pick an extent or mask inside the raster's footprint."
         )
-    out = scratch / f"{raster.stem}.vrt"
-    gdal.UseExceptions()
-    gdal.Translate(
-        str(out),
-        str(raster),
-        format="VRT",
-        projWin=[area.xMinimum(), area.yMaximum(), area.xMaximum(), area.yMinimum()],
-    )
-    return out
+    return pixel_window(raster, (area.xMinimum(), area.yMinimum(), area.xMaximum(), area.yMaximum()))
 
 
 class RasterSnapshot:
@@ -202,7 +195,8 @@ class DetectBuildingsAlgorithm(DetectorSettings, FootprintAlgorithm):
                 )
                 adapter = FeedbackAdapter(feedback, webmap.FETCH_SHARE, 0.97)
             elif extent is not None or mask_geometry is not None:
-                source = crop_window(raster, layer, extent, mask_geometry, Path(scratch))
+                window = crop_window(raster, layer, extent, mask_geometry)
+                inference_options = dataclasses.replace(inference_options, window=window)
             result = detect_buildings(
                 source,
                 None,
@@ -216,6 +210,8 @@ class DetectBuildingsAlgorithm(DetectorSettings, FootprintAlgorithm):
             )
         for warning in user_warnings(result.warnings):  # each once, in a user's words
             feedback.pushWarning(warning)
+        for note in user_notes(result.warnings):  # details, not warnings
+            feedback.pushInfo(note)
 
         geometries, attributes = result.geometries, result.attributes
         if mask_geometry is not None:

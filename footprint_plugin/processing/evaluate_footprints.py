@@ -6,6 +6,9 @@ import json
 from typing import Any
 
 from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
+    QgsFeatureRequest,
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
@@ -15,6 +18,7 @@ from qgis.core import (
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
+    QgsProcessingUtils,
 )
 
 from .base import (
@@ -24,7 +28,6 @@ from .base import (
     add_polygon_features,
     crs_from_wkt,
     make_fields,
-    source_path,
 )
 from .compat import NUMBER_DOUBLE, SOURCE_POLYGON, WKB_MULTIPOLYGON
 
@@ -100,8 +103,8 @@ class EvaluateFootprintsAlgorithm(FootprintAlgorithm):
         from ..core.io.paths import check_outputs
         from ..core.vectors.evaluate import evaluate_files
 
-        predicted = source_path(self, parameters, self.PREDICTED, context, feedback)
-        reference = source_path(self, parameters, self.REFERENCE, context, feedback)
+        predicted = self._readable_path(parameters, self.PREDICTED, context)
+        reference = self._readable_path(parameters, self.REFERENCE, context)
         if not predicted or not reference:
             raise QgsProcessingException("Pick both a predicted and a reference polygon layer.")
         report = self.parameterAsFileOutput(parameters, self.REPORT, context) or None
@@ -124,7 +127,7 @@ class EvaluateFootprintsAlgorithm(FootprintAlgorithm):
         result = evaluate_files(
             predicted,
             reference,
-            aoi_path=source_path(self, parameters, self.AOI, context, feedback),
+            aoi_path=self._readable_path(parameters, self.AOI, context),
             min_area_m2=self.parameterAsDouble(parameters, self.MIN_AREA, context),
             report_json=report,
             iou_threshold=self.parameterAsDouble(parameters, self.IOU_THRESHOLD, context),
@@ -136,7 +139,12 @@ class EvaluateFootprintsAlgorithm(FootprintAlgorithm):
         for line in result.summary_lines():
             feedback.pushInfo(line)
 
-        crs = crs_from_wkt(result.crs_wkt)
+        # The outputs keep the predicted layer's CRS; the scoring ran in a metric one.
+        metric_crs = crs_from_wkt(result.crs_wkt)
+        crs = self.parameterAsSource(parameters, self.PREDICTED, context).sourceCrs()
+        if not crs.isValid():
+            crs = metric_crs
+        to_output = QgsCoordinateTransform(metric_crs, crs, context.transformContext())
         fp, fn = result.fp_indices, result.fn_indices  # the same sets the engine writes to its TP/FP/FN layers
         layers = (
             (
@@ -164,7 +172,9 @@ class EvaluateFootprintsAlgorithm(FootprintAlgorithm):
             sink, dest_id = self.parameterAsSink(parameters, name, context, fields, WKB_MULTIPOLYGON, crs)
             if sink is None:
                 continue
-            add_polygon_features(sink, fields, geometries, attributes, feedback)
+            add_polygon_features(
+                sink, fields, geometries, attributes, feedback, transform=lambda g: g.transform(to_output)
+            )
             sink.flushBuffer()
             outputs[name] = dest_id
         scores = result.scores
@@ -182,3 +192,43 @@ class EvaluateFootprintsAlgorithm(FootprintAlgorithm):
             "PIXEL_IOU": float(result.pixel.get("iou", 0.0)),
             "METRICS": json.dumps(result.to_dict(), default=str),
         }
+
+    def _readable_path(self, parameters: dict[str, Any], name: str, context: QgsProcessingContext) -> str | None:
+        """A vector parameter as a file the engine reads; None when not given.
+
+        GeoPackage, GeoJSON and Shapefile layers are read where they are. Any other layer (temporary,
+        PostGIS, a selection or a filtered layer) is written by QGIS as lon/lat GeoJSON: QGIS's own CRS
+        and transform decide the coordinates, so no exporter's CRS translation can lose them (a
+        GeoPackage export of a temporary layer came out with srs_id 0, "undefined geographic", on the desktop).
+        """
+        source = self.parameterAsSource(parameters, name, context)
+        if source is None:
+            return None
+        layer = self.parameterAsVectorLayer(parameters, name, context)
+        value = parameters.get(name)
+        whole = not getattr(value, "selectedFeaturesOnly", False) and getattr(value, "featureLimit", -1) in (-1, 0)
+        if layer is not None and layer.providerType() == "ogr" and whole and not layer.subsetString():
+            path = layer.source().split("|")[0]
+            if path.lower().endswith((".gpkg", ".geojson", ".json", ".shp")):
+                return layer.source()
+        return write_lonlat_geojson(source, QgsProcessingUtils.generateTempFilename(f"{name}.geojson"), context)
+
+
+def write_lonlat_geojson(source: Any, path: str, context: QgsProcessingContext) -> str:
+    """Every polygon of a feature source as RFC 7946 GeoJSON (lon/lat, full double precision)."""
+    wgs84 = QgsCoordinateReferenceSystem("EPSG:4326")
+    crs = source.sourceCrs()
+    transform = QgsCoordinateTransform(crs, wgs84, context.transformContext()) if crs.isValid() else None
+    names = source.fields().names()
+    features = []
+    for feature in source.getFeatures(QgsFeatureRequest()):
+        geometry = feature.geometry()
+        if geometry is None or geometry.isEmpty():
+            continue
+        if transform is not None:
+            geometry.transform(transform)
+        values = {n: v for n, v in zip(names, feature.attributes()) if isinstance(v, (int, float, str, bool))}
+        features.append({"type": "Feature", "properties": values, "geometry": json.loads(geometry.asJson(17))})
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump({"type": "FeatureCollection", "features": features}, handle)
+    return path

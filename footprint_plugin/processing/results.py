@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from collections import deque
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from qgis.core import (
+    QgsFillSymbol,
     QgsLayerTreeGroup,
     QgsMapLayer,
     QgsProcessingAlgorithm,
@@ -27,23 +28,36 @@ from qgis.core import (
     QgsProject,
     QgsProviderRegistry,
     QgsRasterLayer,
+    QgsSingleSymbolRenderer,
     QgsVectorLayer,
 )
 
 RESOURCES = Path(__file__).resolve().parents[2] / "resources"
 BUILDINGS_STYLE = RESOURCES / "buildings.qml"
 PROBABILITY_STYLE = RESOURCES / "probability.qml"
+CELLS_STYLE = RESOURCES / "cells.qml"
 BUILDINGS_NAME = "Buildings"
 PROBABILITY_NAME = "Building probability"
 STYLE_DESCRIPTION = "Building Footprints plugin style"
+# Evaluate's outputs: fixed colours a user learns once (matched, wrong, missed).
+TP_COLOUR, FP_COLOUR, FN_COLOUR = "#2ca02c", "#d62728", "#ff7f0e"
 
-# Algorithm name -> output name -> (style file, layer name, position in the group: 0 top, -1 bottom).
-STYLED_OUTPUTS: dict[str, dict[str, tuple[Path, str, int]]] = {
+# A style is one of our .qml files or an outline colour.
+Style = Union[Path, str]
+# Algorithm name -> output name -> (style, layer name template, position in the group: 0 top, -1 bottom).
+# Templates name the input and the model, so two runs' layers can be told apart in every layer picker.
+STYLED_OUTPUTS: dict[str, dict[str, tuple[Style, str, int]]] = {
     "detectbuildings": {
-        "OUTPUT": (BUILDINGS_STYLE, BUILDINGS_NAME, 0),
-        "PROBABILITY": (PROBABILITY_STYLE, PROBABILITY_NAME, -1),
+        "OUTPUT": (BUILDINGS_STYLE, BUILDINGS_NAME + " — {input} ({model})", 0),
+        "PROBABILITY": (PROBABILITY_STYLE, PROBABILITY_NAME + " — {input}", -1),
     },
-    "batchdetect": {"OUTPUT": (BUILDINGS_STYLE, BUILDINGS_NAME, 0)},
+    "batchdetect": {"OUTPUT": (BUILDINGS_STYLE, BUILDINGS_NAME + " — {input} ({model})", 0)},
+    "suggestcells": {"OUTPUT": (CELLS_STYLE, "Where to digitize next — {input}", 0)},
+    "evaluatefootprints": {
+        "TRUE_POSITIVES": (TP_COLOUR, "True positives — {input}", 0),
+        "FALSE_POSITIVES": (FP_COLOUR, "False positives — {input}", 1),
+        "FALSE_NEGATIVES": (FN_COLOUR, "False negatives (missed) — {input}", 2),
+    },
 }
 
 # QGIS keeps only a raw pointer to a post-processor: Python must hold it until the layers are loaded.
@@ -76,30 +90,70 @@ class ResultGroup:
         return self.group
 
 
-def apply_style(layer: QgsMapLayer, style: Path) -> bool:
-    """Load one of our .qml styles; a raster shows only band 1 (the footprint head) as the qml says."""
-    _message, ok = layer.loadNamedStyle(str(style))
+def unique_layer_name(project: QgsProject, base: str, layer: Optional[QgsMapLayer] = None) -> str:
+    """`base`, or `base (2)`, `base (3)`… when the project has another layer of that name already."""
+    own = layer.id() if layer is not None else None
+    taken = {other.name() for other in project.mapLayers().values() if other.id() != own}
+    name, number = base, 1
+    while name in taken:
+        number += 1
+        name = f"{base} ({number})"
+    return name
+
+
+def apply_style(layer: QgsMapLayer, style: Style) -> bool:
+    """Load one of our .qml styles (a raster shows only band 1, the footprint head, as the qml says),
+    or draw polygons as outlines of one colour over a light fill of it."""
+    if isinstance(style, Path):
+        _message, ok = layer.loadNamedStyle(str(style))
+    elif isinstance(layer, QgsVectorLayer):
+        symbol = QgsFillSymbol.createSimple(
+            {"color": style, "outline_color": style, "outline_width": "0.6", "style": "solid"}
+        )
+        symbol.setOpacity(1.0)
+        fill = symbol.symbolLayer(0)
+        colour = fill.color()
+        colour.setAlpha(60)  # the imagery stays visible through the fill
+        fill.setColor(colour)
+        layer.setRenderer(QgsSingleSymbolRenderer(symbol))
+        ok = True
+    else:
+        ok = False
     layer.triggerRepaint()
     return bool(ok)
 
 
+POSITION_PROPERTY = "building_footprints/position"
+
+
 def _move_into_group(layer: QgsMapLayer, project: QgsProject, group: QgsLayerTreeGroup, position: int) -> None:
+    """Put the layer into the run's group at its place (-1: the bottom), whatever order the layers arrive in."""
+    order = position if position >= 0 else 1_000_000
+    layer.setCustomProperty(POSITION_PROPERTY, order)
     root = project.layerTreeRoot()
     node = root.findLayer(layer.id())
+    siblings = [child for child in group.children() if child is not node]
+    index = sum(
+        1
+        for child in siblings
+        if getattr(child, "layer", None) is not None
+        and child.layer() is not None
+        and int(child.layer().customProperty(POSITION_PROPERTY, 0)) <= order
+    )
     if node is None:
-        group.insertLayer(0 if position == 0 else len(group.children()), layer)
+        group.insertLayer(index, layer)
         return
     # Also when QGIS put it into our group already (the desktop inserts new layers at the current
     # insertion point, which may be this group): outlines on top, the raster at the bottom.
     clone = node.clone()
-    group.insertChildNode(0 if position == 0 else len(group.children()), clone)
+    group.insertChildNode(index + (1 if node.parent() is group and group.children().index(node) < index else 0), clone)
     node.parent().removeChildNode(node)
 
 
 class StyledResult(QgsProcessingLayerPostProcessorInterface):
     """Post-processor of one output: name, style and place in the run's group."""
 
-    def __init__(self, style: Path, layer_name: str, group: ResultGroup, position: int) -> None:
+    def __init__(self, style: Style, layer_name: str, group: ResultGroup, position: int) -> None:
         super().__init__()
         self.style = style
         self.layer_name = layer_name
@@ -112,27 +166,41 @@ class StyledResult(QgsProcessingLayerPostProcessorInterface):
         project = context.project() or QgsProject.instance()
         if layer is None or not layer.isValid():
             return
-        layer.setName(self.layer_name)
+        layer.setName(unique_layer_name(project, self.layer_name, layer))
         apply_style(layer, self.style)
         if project.mapLayer(layer.id()) is None:
             project.addMapLayer(layer, False)
         _move_into_group(layer, project, self.group.node(project), self.position)
 
 
-def group_base_name(
-    algorithm: QgsProcessingAlgorithm, parameters: dict[str, Any], context: QgsProcessingContext
-) -> str:
-    """The group is named after the input raster (detect) or the tiles' folder (batch)."""
+def input_name(algorithm: QgsProcessingAlgorithm, parameters: dict[str, Any], context: QgsProcessingContext) -> str:
+    """What the outputs are named after: the input raster (detect), the tiles' folder (batch) or the
+    predicted layer (evaluate)."""
     if algorithm.name() == "detectbuildings":
         layer = algorithm.parameterAsRasterLayer(parameters, "INPUT", context)
         if layer is not None:
             return layer.name()
+    if algorithm.name() == "suggestcells":
+        layer = algorithm.parameterAsRasterLayer(parameters, "PROBABILITY", context)
+        if layer is not None:
+            return layer.name()
     if algorithm.name() == "batchdetect":
         folder = algorithm.parameterAsFile(parameters, "FOLDER", context)
-        if folder:
-            return f"Buildings in {Path(folder).name}"
-        return "Buildings in tiles"
-    return "Building footprints"
+        return Path(folder).name if folder else "tiles"
+    if algorithm.name() == "evaluatefootprints":
+        layer = algorithm.parameterAsVectorLayer(parameters, "PREDICTED", context)
+        if layer is not None:
+            return layer.name()
+    return ""
+
+
+def group_base_name(algorithm: QgsProcessingAlgorithm, name: str) -> str:
+    """The group is named after the input raster (detect), the tiles' folder (batch) or the scored layer."""
+    if algorithm.name() == "batchdetect":
+        return f"Buildings in {name}"
+    if algorithm.name() == "evaluatefootprints":
+        return f"Evaluation — {name}" if name else "Evaluation"
+    return name or "Building footprints"
 
 
 def remember_inputs(
@@ -142,9 +210,9 @@ def remember_inputs(
     if algorithm.name() not in STYLED_OUTPUTS:
         return
     try:
-        algorithm._footprint_group_name = group_base_name(algorithm, parameters, context)  # noqa: SLF001
-    except Exception:  # noqa: BLE001 - naming the group must never fail a run
-        algorithm._footprint_group_name = "Building footprints"  # noqa: SLF001
+        algorithm._footprint_input_name = input_name(algorithm, parameters, context)  # noqa: SLF001
+    except Exception:  # noqa: BLE001 - naming the outputs must never fail a run
+        algorithm._footprint_input_name = ""  # noqa: SLF001
 
 
 def post_process(algorithm: QgsProcessingAlgorithm, context: QgsProcessingContext, results: dict[str, Any]) -> None:
@@ -153,12 +221,14 @@ def post_process(algorithm: QgsProcessingAlgorithm, context: QgsProcessingContex
     if not outputs or not results:
         return
     _drop_unresolved_memory_entries(context)
-    group = ResultGroup(getattr(algorithm, "_footprint_group_name", "") or "Building footprints")
-    for output_name, (style, layer_name, position) in outputs.items():
+    name = getattr(algorithm, "_footprint_input_name", "")
+    group = ResultGroup(group_base_name(algorithm, name))
+    for output_name, (style, template, position) in outputs.items():
         value = results.get(output_name)
         if not value:
             continue
         value = str(value)
+        layer_name = template.format(input=name or "input", model=_model_label(results.get("MODEL_USED")))
         embed_style(value, style)
         if context.willLoadLayerOnCompletion(value):
             processor = StyledResult(style, layer_name, group, position)
@@ -166,6 +236,12 @@ def post_process(algorithm: QgsProcessingAlgorithm, context: QgsProcessingContex
             details = context.layerToLoadOnCompletionDetails(value)
             details.setPostProcessor(processor)
             details.name = layer_name
+
+
+def _model_label(display_name: Any) -> str:
+    """'footprint_eo_lite0 (v2.0)' -> 'footprint_eo_lite0 v2.0': no brackets inside the layer name's brackets."""
+    text = str(display_name or "model")
+    return text[:-1].replace(" (v", " v") if text.endswith(")") and " (v" in text else text
 
 
 def _drop_unresolved_memory_entries(context: QgsProcessingContext) -> None:
@@ -178,11 +254,11 @@ def _drop_unresolved_memory_entries(context: QgsProcessingContext) -> None:
         context.setLayersToLoadOnCompletion({key: value for key, value in layers.items() if key not in bogus})
 
 
-def embed_style(destination: str, style: Path) -> None:
+def embed_style(destination: str, style: Style) -> None:
     """Store the style in the output itself, so it opens styled anywhere (qgis_process included).
 
-    GeoPackage: the default style in its layer_styles table. GeoTIFF: a .qml of the same name beside
-    it, written only when none is there (never over a user's own style file).
+    GeoPackage: the default style in its layer_styles table. GeoTIFF and Shapefile: a .qml of the same
+    name beside it, which QGIS reads on opening, written only when none is there (never over a user's own).
     """
     path = Path(destination.split("|")[0])
     suffix = path.suffix.lower()
@@ -192,10 +268,29 @@ def embed_style(destination: str, style: Path) -> None:
         layer = QgsVectorLayer(destination, BUILDINGS_NAME, "ogr")
         if layer.isValid() and apply_style(layer, style):
             layer.saveStyleToDatabase(BUILDINGS_NAME, STYLE_DESCRIPTION, True, "")
-    elif suffix in (".tif", ".tiff"):
-        sidecar = path.with_suffix(".qml")
-        if not sidecar.exists():
-            sidecar.write_bytes(style.read_bytes())
+        return
+    sidecar = path.with_suffix(".qml")
+    if sidecar.exists():
+        return
+    if suffix in (".tif", ".tiff") and isinstance(style, Path):
+        sidecar.write_bytes(style.read_bytes())
+    elif suffix == ".shp":
+        layer = QgsVectorLayer(str(path), BUILDINGS_NAME, "ogr")
+        if layer.isValid() and apply_style(layer, style):
+            _add_field_aliases(layer)
+            layer.saveNamedStyle(str(sidecar))
+
+
+def _add_field_aliases(layer: QgsVectorLayer) -> None:
+    """Shapefile field names stop at 10 characters: show the full names as aliases."""
+    for short, full in SHAPEFILE_FIELDS.items():
+        index = layer.fields().indexOf(short)
+        if index >= 0:
+            layer.setFieldAlias(index, full)
+
+
+# Our field names longer than a Shapefile allows -> the 10-character names the Shapefile gets.
+SHAPEFILE_FIELDS = {"perimeter_": "perimeter_m", "compactnes": "compactness", "regularize": "regularized"}
 
 
 def load_outputs(context: QgsProcessingContext, feedback: QgsProcessingFeedback) -> list[QgsMapLayer]:
