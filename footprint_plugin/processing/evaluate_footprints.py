@@ -97,10 +97,15 @@ class EvaluateFootprintsAlgorithm(FootprintAlgorithm):
             self.addOutput(QgsProcessingOutputNumber(name, name.replace("_", " ").title()))
         self.addOutput(QgsProcessingOutputString("METRICS", self.tr("All metrics (JSON)")))
 
+    MATCH_LAYERS = (
+        (TRUE_POSITIVES, "True positives"),
+        (FALSE_POSITIVES, "False positives"),
+        (FALSE_NEGATIVES, "False negatives"),
+    )
+
     def perform(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
-        from ..core.io.paths import check_outputs
         from ..core.vectors.evaluate import evaluate_files
 
         predicted = self._readable_path(parameters, self.PREDICTED, context)
@@ -108,21 +113,7 @@ class EvaluateFootprintsAlgorithm(FootprintAlgorithm):
         if not predicted or not reference:
             raise QgsProcessingException("Pick both a predicted and a reference polygon layer.")
         report = self.parameterAsFileOutput(parameters, self.REPORT, context) or None
-        # Before any work: no report or TP/FP/FN layer may replace an input or another output.
-        check_outputs(
-            {"Predicted buildings": predicted, "Reference buildings": reference},
-            {
-                "JSON report": report,
-                **{
-                    label: self.parameterAsOutputLayer(parameters, name, context) or None
-                    for name, label in (
-                        (self.TRUE_POSITIVES, "True positives"),
-                        (self.FALSE_POSITIVES, "False positives"),
-                        (self.FALSE_NEGATIVES, "False negatives"),
-                    )
-                },
-            },
-        )
+        self._check_destinations(parameters, context, predicted, reference, report)
         adapter = FeedbackAdapter(feedback, 0.0, 0.9)
         result = evaluate_files(
             predicted,
@@ -138,8 +129,40 @@ class EvaluateFootprintsAlgorithm(FootprintAlgorithm):
             feedback.pushWarning(warning)
         for line in result.summary_lines():
             feedback.pushInfo(line)
+        outputs = self._write_match_layers(parameters, context, feedback, result)
+        feedback.setProgress(100.0)
+        scores = result.scores
+        return {
+            **outputs,
+            self.REPORT: str(result.report_path) if result.report_path else None,
+            "TP": scores.tp,
+            "FP": scores.fp,
+            "FN": scores.fn,
+            "PRECISION": scores.precision,
+            "RECALL": scores.recall,
+            "F1": scores.f1,
+            "MEAN_IOU": scores.mean_iou,
+            "PIXEL_IOU": float(result.pixel.get("iou", 0.0)),
+            "METRICS": json.dumps(result.to_dict(), default=str),
+        }
 
-        # The outputs keep the predicted layer's CRS; the scoring ran in a metric one.
+    def _check_destinations(
+        self, parameters: dict[str, Any], context: QgsProcessingContext, predicted: str, reference: str, report
+    ) -> None:
+        """Before any work: no report or TP/FP/FN layer may replace an input or another output."""
+        from ..core.io.paths import check_outputs
+
+        layers = {
+            label: self.parameterAsOutputLayer(parameters, name, context) or None for name, label in self.MATCH_LAYERS
+        }
+        check_outputs(
+            {"Predicted buildings": predicted, "Reference buildings": reference}, {"JSON report": report, **layers}
+        )
+
+    def _write_match_layers(
+        self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback, result
+    ) -> dict[str, Any]:
+        """The TP, FP and FN sinks, in the predicted layer's CRS (the scoring ran in a metric one)."""
         metric_crs = crs_from_wkt(result.crs_wkt)
         crs = self.parameterAsSource(parameters, self.PREDICTED, context).sourceCrs()
         if not crs.isValid():
@@ -177,21 +200,7 @@ class EvaluateFootprintsAlgorithm(FootprintAlgorithm):
             )
             sink.flushBuffer()
             outputs[name] = dest_id
-        scores = result.scores
-        feedback.setProgress(100.0)
-        return {
-            **outputs,
-            self.REPORT: str(result.report_path) if result.report_path else None,
-            "TP": scores.tp,
-            "FP": scores.fp,
-            "FN": scores.fn,
-            "PRECISION": scores.precision,
-            "RECALL": scores.recall,
-            "F1": scores.f1,
-            "MEAN_IOU": scores.mean_iou,
-            "PIXEL_IOU": float(result.pixel.get("iou", 0.0)),
-            "METRICS": json.dumps(result.to_dict(), default=str),
-        }
+        return outputs
 
     def _readable_path(self, parameters: dict[str, Any], name: str, context: QgsProcessingContext) -> str | None:
         """A vector parameter as a file the engine reads; None when not given.
