@@ -120,7 +120,8 @@ def main(argv: list[str]) -> int:
         )
         window_px = sum(b.window[2] * b.window[3] for b in plan)
         print(
-            f"{args.tiles} tiles of {args.tile_size}^2 px, model {card.display_name}, {os.cpu_count()} cores; "
+            f"{args.tiles} tiles of {args.tile_size}^2 px, model {card.display_name}, {os.cpu_count()} cores, "
+            f"load average {os.getloadavg()[0]:.2f}; "
             f"{len(plan)} blocks of {args.block_size} px; pixels read per mosaic pixel: "
             f"{window_px / (side_w * side_h):.2f}",
             flush=True,
@@ -147,8 +148,14 @@ def main(argv: list[str]) -> int:
     for row in rows:
         print(
             f"| {row['engine']} | {row['workers']} | {row['wall_s']} | {row['mp_per_s']} | {row['blocks']} | "
-            f"{row['block_s_mean']} | {row['overhead_s_per_block']} | {row['buildings']} |"
+            f"{row['block_s_mean']} | {row['overhead_s_per_block']} | {row['buildings']} | {row['peak_rss_mb']} | "
+            f"{row['startup_s']} |"
         )
+    by_workers = {row["workers"]: row for row in rows if row["engine"].startswith("dask")}
+    if 1 in by_workers and 2 in by_workers:
+        speedup = by_workers[2]["mp_per_s"] / max(by_workers[1]["mp_per_s"], 1e-9)
+        print(f"Scaling 1 -> 2 Dask workers: {speedup:.2f}x ({os.cpu_count()} cores)")
+    print(f"Load average at the end: {os.getloadavg()[0]:.2f}")
     print(f"Empty Dask task round trip: {empty * 1000:.1f} ms per task (LocalCluster, 2 workers)")
     if args.json:
         print(json.dumps({"rows": rows, "empty_task_ms": round(empty * 1000, 2)}))

@@ -10,6 +10,8 @@ give the "physical limit" MP/s a perfectly efficient implementation could reach.
     python scripts/bench_inference.py                 # all architectures, CPU
     python scripts/bench_inference.py --quick --arch unet_mobilenetv2
     python scripts/bench_inference.py --big           # 20000 x 20000 x 3 raster, peak RSS check
+    PYTHONPATH=DIR python scripts/bench_inference.py --onnx --arch unet_efficientnet_lite0 \
+        --card model_zoo/footprint_eo_lite0.json   # ONNX Runtime against torch
 
 Rasters are written to /tmp (never into the repository). Weights are random (speed does not
 depend on them) unless --card names a trained model; the last column compares bf16 with fp32 on
@@ -79,21 +81,19 @@ def make_raster(size: int) -> Path:
     return path
 
 
-def make_big_vrt(size: int = 20000) -> Path:
-    """A size x size x 3 VRT mosaic that repeats one 2048 px tiled GeoTIFF (cheap to create, real reads)."""
+def repeat_tile_vrt(source: Path, width: int, height: int, path: Path) -> Path:
+    """A width x height VRT mosaic that repeats one GeoTIFF (cheap to create, real GDAL reads), its georeferencing."""
     import rasterio
 
-    source = make_raster(2048)
-    path = BENCH_DIR / f"rgb_{size}.vrt"
     with rasterio.open(source) as ds:
-        gt = ds.transform.to_gdal()
-        wkt = ds.crs.to_wkt()
+        gt, wkt = ds.transform.to_gdal(), ds.crs.to_wkt()
+        tile_w, tile_h, count = ds.width, ds.height, ds.count
     bands = []
-    for band in (1, 2, 3):
+    for band in range(1, count + 1):
         sources = []
-        for row in range(0, size, 2048):
-            for col in range(0, size, 2048):
-                w, h = min(2048, size - col), min(2048, size - row)
+        for row in range(0, height, tile_h):
+            for col in range(0, width, tile_w):
+                w, h = min(tile_w, width - col), min(tile_h, height - row)
                 sources.append(
                     f'<SimpleSource><SourceFilename relativeToVRT="0">{source}</SourceFilename>'
                     f"<SourceBand>{band}</SourceBand>"
@@ -102,15 +102,35 @@ def make_big_vrt(size: int = 20000) -> Path:
                 )
         bands.append(f'<VRTRasterBand dataType="Byte" band="{band}">{"".join(sources)}</VRTRasterBand>')
     path.write_text(
-        f'<VRTDataset rasterXSize="{size}" rasterYSize="{size}"><SRS>{wkt}</SRS>'
+        f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}"><SRS>{wkt}</SRS>'
         f"<GeoTransform>{', '.join(repr(v) for v in gt)}</GeoTransform>{''.join(bands)}</VRTDataset>"
     )
     return path
 
 
+def make_big_vrt(size: int = 20000) -> Path:
+    """A size x size x 3 VRT mosaic that repeats one 2048 px tiled GeoTIFF."""
+    return repeat_tile_vrt(make_raster(2048), size, size, BENCH_DIR / f"rgb_{size}.vrt")
+
+
+def _given_card(architecture: str):
+    """The --card model (FOOTPRINT_BENCH_CARD) when it is this architecture on 3 bands, else None."""
+    card_path = os.environ.get("FOOTPRINT_BENCH_CARD")
+    if not card_path:
+        return None
+    from footprint_plugin.core.zoo.modelcard import load_card
+
+    card = load_card(card_path)
+    return card if card.architecture == architecture and card.in_channels == 3 else None
+
+
 def bench_card(architecture: str):
+    """The --card model's own card (its heads, scaling, tiles), or a one-head card for random weights."""
     from footprint_plugin.core.zoo.modelcard import ModelCard
 
+    given = _given_card(architecture)
+    if given is not None:
+        return given
     return ModelCard(
         name=f"bench_{architecture}",
         architecture=architecture,
@@ -124,17 +144,14 @@ def bench_card(architecture: str):
 
 
 def random_model(architecture: str) -> torch.nn.Module:
-    """Random weights, or the trained weights of --card (FOOTPRINT_BENCH_CARD) when it matches."""
+    """Random weights, or the trained weights of --card (FOOTPRINT_BENCH_CARD) when it is this architecture."""
     from footprint_plugin.core.models import create_model
 
-    card_path = os.environ.get("FOOTPRINT_BENCH_CARD")
-    if card_path:
-        from footprint_plugin.core.zoo.modelcard import load_card
+    given = _given_card(architecture)
+    if given is not None:
         from footprint_plugin.core.zoo.weights import load_model
 
-        card = load_card(card_path)
-        if card.architecture == architecture and card.in_channels == 3 and card.out_channels == 1:
-            return load_model(card)
+        return load_model(given)
     torch.manual_seed(0)
     return create_model(architecture, 3, 1).eval()
 
@@ -159,7 +176,7 @@ def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
 
 def model_only(architecture: str, precision: str, device: str, reps: int, batch: int = 2) -> dict:
     from footprint_plugin.core.engine.device import select_device
-    from footprint_plugin.core.engine.inference import TileRunner, prepare_model
+    from footprint_plugin.core.engine.runner import TileRunner, prepare_model
 
     choice = select_device(device)
     net = prepare_model(random_model(architecture), choice)
@@ -176,10 +193,73 @@ def model_only(architecture: str, precision: str, device: str, reps: int, batch:
     result = {"model_mps": batch * TILE * TILE / 1e6 / seconds}
     if precision == "bf16":
         reference = runner.run(x, "fp32")
-        from footprint_plugin.core.engine.inference import bf16_agreement
+        from footprint_plugin.core.engine.precision import bf16_agreement
 
         result["bf16_iou"], result["bf16_max_diff"] = bf16_agreement(reference, out, 0.5)
     return result
+
+
+def onnx_runtime_row(architecture: str, threads: int, reps: int, batch: int = 2) -> None:
+    """ONNX Runtime CPU against torch (fp32 and bf16) on the same batch: wall MP/s, MP per CPU second, mask IoU.
+
+    Needs onnxruntime and onnx importable (not dependencies of the plugin), e.g. installed into a scratch
+    folder on PYTHONPATH. Real imagery (Joplin) when the data pack is there, so the IoU means something.
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        print("onnxruntime is not installed: pip install --target DIR onnxruntime onnx, then PYTHONPATH=DIR")
+        return
+    from footprint_plugin.core.engine.device import select_device
+    from footprint_plugin.core.engine.precision import mask_iou
+    from footprint_plugin.core.engine.runner import TileRunner, prepare_model
+
+    torch.set_num_threads(threads)
+    model = random_model(architecture)
+    x = _real_batch(batch)
+    path = BENCH_DIR / f"{architecture}.onnx"
+    torch.onnx.export(model, torch.from_numpy(x), str(path), input_names=["x"], opset_version=17, dynamo=False)
+    settings = ort.SessionOptions()
+    settings.intra_op_num_threads, settings.inter_op_num_threads = threads, 1
+    session = ort.InferenceSession(str(path), settings, providers=["CPUExecutionProvider"])
+    choice = select_device("cpu")
+    runner = TileRunner(prepare_model(model, choice), choice, "fp32", "none", False, True)
+    runs = {
+        "torch fp32": lambda: runner.run(x, "fp32"),
+        "torch bf16": lambda: runner.run(x, "bf16"),
+        f"onnxruntime {ort.__version__} fp32": lambda: 1.0 / (1.0 + np.exp(-session.run(None, {"x": x})[0])),
+    }
+    outputs, rows = {}, []
+    for name, run in runs.items():
+        run()  # warm-up
+        wall, cpu = [], []
+        for _ in range(reps):
+            started, cpu_started = time.perf_counter(), time.process_time()
+            outputs[name] = run()
+            wall.append(time.perf_counter() - started)
+            cpu.append(time.process_time() - cpu_started)
+        megapixels = batch * TILE * TILE / 1e6
+        rows.append((name, megapixels / min(wall), megapixels / min(cpu)))
+    reference = outputs["torch fp32"]
+    print(f"\nONNX Runtime against torch, {architecture}, {threads} threads, load average {os.getloadavg()[0]:.2f}")
+    print("| backend | model MP/s (wall, best) | MP per CPU second | mask IoU vs torch fp32 |")
+    print("|---|---|---|---|")
+    for name, wall_rate, cpu_rate in rows:
+        print(f"| {name} | {wall_rate:.2f} | {cpu_rate:.2f} | {mask_iou(reference, outputs[name], 0.5):.4f} |")
+
+
+def _real_batch(batch: int) -> np.ndarray:
+    """Tiles of real imagery scaled 2-98 % (random values when the data pack is absent)."""
+    import rasterio
+
+    source = REPO.parent / "shared" / "data" / "eo" / "xview2_joplin_pre" / "mosaic.vrt"
+    if not source.exists():
+        return np.random.default_rng(1).uniform(0, 1, (batch, 3, TILE, TILE)).astype(np.float32)
+    with rasterio.open(source) as ds:
+        image = ds.read(window=((300, 300 + TILE), (0, batch * TILE))).astype(np.float32)
+    low, high = (np.percentile(image, q, axis=(1, 2), keepdims=True) for q in (2, 98))
+    image = np.clip((image - low) / np.maximum(high - low, 1e-6), 0, 1)
+    return np.stack([image[:, :, i * TILE : (i + 1) * TILE] for i in range(batch)]).astype(np.float32)
 
 
 def end_to_end(architecture: str, precision: str, device: str, raster: Path) -> dict:
@@ -252,12 +332,16 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--card", help="a trained model card (3 bands, 1 head): its weights replace random ones")
+    parser.add_argument("--onnx", action="store_true", help="only ONNX Runtime against torch (model only)")
     parser.add_argument("--child", choices=["e2e", "model"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.card:
         os.environ["FOOTPRINT_BENCH_CARD"] = str(Path(args.card).resolve())
     if args.child:
         child(args)
+        return
+    if args.onnx:
+        onnx_runtime_row(args.arch[0], args.threads or torch.get_num_threads(), max(args.reps, 3))
         return
     if args.quick:
         args.size, args.reps = min(args.size, 2048), 2

@@ -33,6 +33,10 @@ def make_vrt(folder: Path, width: int, height: int) -> Path:
     import rasterio
     from rasterio.transform import from_origin
 
+    # Imported here, not at the top: the launcher process must stay small (stdlib only), see main().
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bench_inference import repeat_tile_vrt  # the one VRT writer of the benchmarks
+
     source = folder / "tile.tif"
     if not source.exists():
         rng = np.random.default_rng(0)
@@ -54,26 +58,7 @@ def make_vrt(folder: Path, width: int, height: int) -> Path:
         )
         with rasterio.open(source, "w", **profile) as dst:
             dst.write(image)
-    bands = []
-    for band in (1, 2, 3):
-        sources = []
-        for row in range(0, height, TILE):
-            for col in range(0, width, TILE):
-                w, h = min(TILE, width - col), min(TILE, height - row)
-                sources.append(
-                    f'<SimpleSource><SourceFilename relativeToVRT="0">{source}</SourceFilename>'
-                    f"<SourceBand>{band}</SourceBand>"
-                    f'<SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/>'
-                    f'<DstRect xOff="{col}" yOff="{row}" xSize="{w}" ySize="{h}"/>'
-                    "</SimpleSource>"
-                )
-        bands.append(f'<VRTRasterBand dataType="Byte" band="{band}">{"".join(sources)}</VRTRasterBand>')
-    path = folder / f"wide_{width}x{height}.vrt"
-    path.write_text(
-        f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}"><SRS>EPSG:32631</SRS>'
-        f"<GeoTransform>600000.0, 0.5, 0.0, 5750000.0, 0.0, -0.5</GeoTransform>{''.join(bands)}</VRTDataset>"
-    )
-    return path
+    return repeat_tile_vrt(source, width, height, folder / f"wide_{width}x{height}.vrt")
 
 
 def cheap_card_and_model():

@@ -129,24 +129,23 @@ def _options():
     return InferenceOptions(device="cpu", precision="fp32"), PolygonOptions(threshold=0.5, min_area_m2=5.0)
 
 
-@pytest.fixture(scope="module")
-def serial_run(job_data):
-    """The serial (in-process) batch, kept as the reference of the other runs."""
+def run_serial_job(tiles: Path, out: Path, card_path: Path, on_status=None, on_info=None, **options):
+    """run_batch in this process with the test settings (blocks of BLOCK px unless `block_size` is given)."""
     from footprint_plugin.core.batch.runner import BatchOptions, run_batch
     from footprint_plugin.core.zoo.modelcard import load_card
 
-    folder, card_path, tiles = job_data
     inference, polygons = _options()
+    batch_options = BatchOptions(**{"workers": 0, "block_size": BLOCK, **options})
+    card = load_card(card_path)
+    return run_batch([tiles], out, card, inference, polygons, batch_options, on_status=on_status, on_info=on_info)
+
+
+@pytest.fixture(scope="module")
+def serial_run(job_data):
+    """The serial (in-process) batch, kept as the reference of the other runs."""
+    folder, card_path, tiles = job_data
     out = folder / "serial.gpkg"
-    result = run_batch(
-        [tiles],
-        out,
-        load_card(card_path),
-        inference,
-        polygons,
-        BatchOptions(workers=0, block_size=BLOCK, probability_dir=folder / "prob"),
-    )
-    return result, out
+    return run_serial_job(tiles, out, card_path, probability_dir=folder / "prob"), out
 
 
 def test_adjacent_tiles_give_the_mosaic_result_and_no_building_is_cut(job_data, serial_run, tmp_path):
@@ -188,12 +187,12 @@ def test_adjacent_tiles_give_the_mosaic_result_and_no_building_is_cut(job_data, 
 
 def test_blocks_of_one_process_share_one_prepared_network(job_data, serial_run):
     """The copy and fusing of prepare_model run once per process and device, not once per block."""
-    from footprint_plugin.core.batch.runner import _prepared_once, cached_model
+    from footprint_plugin.core.batch.model_cache import cached_model, prepared_once
 
     _folder, card_path, _tiles = job_data
     _card, model = cached_model(card_path)
-    prepared = _prepared_once(model, "cpu")
-    assert prepared is _prepared_once(model, "cpu") and prepared is not model
+    prepared = prepared_once(model, "cpu")
+    assert prepared is prepared_once(model, "cpu") and prepared is not model
     assert not any(p.requires_grad for p in prepared.parameters()) and model.training is False
 
 
@@ -287,21 +286,26 @@ def test_resume_after_a_kill_skips_finished_blocks(job_data, serial_run, tmp_pat
         "0.5",
         "--json",
     ]
-    blocks = out.with_name(out.name + ".job") / "blocks"
+    job = out.with_name(out.name + ".job")
+
+    def recorded() -> set[str]:
+        """Blocks the job's manifest records as finished (a block file without its line is redone)."""
+        manifest = job / "footprint_manifest.jsonl"
+        lines = manifest.read_text().splitlines() if manifest.exists() else []
+        return {json.loads(line)["block"] for line in lines if line.endswith("}") and '"block"' in line}
+
     process = subprocess.Popen(
         _cli(args), env=_env(), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        done = [p for p in blocks.glob("*.tif") if not p.name.startswith(".")] if blocks.is_dir() else []
-        if len(done) >= 2:
-            break
+    while time.monotonic() < deadline and process.poll() is None and len(recorded()) < 2:
         time.sleep(0.05)
     assert process.poll() is None, "the job ended before it could be killed"
     process.send_signal(signal.SIGKILL)
     process.wait()
-    finished = {p.name for p in blocks.glob("*.tif") if not p.name.startswith(".")}
+    finished = recorded()
     assert 2 <= len(finished) < 4 and not out.exists()
+    assert all((job / "blocks" / f"{block}.tif").exists() for block in finished)
 
     resumed = subprocess.run(
         _cli(args + ["--resume"]), env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=180

@@ -14,8 +14,9 @@ import torch
 from conftest import REPO_ROOT, synthetic_buildings, write_geotiff
 from rasterio.transform import from_origin
 
-from footprint_plugin.core.engine import inference
-from footprint_plugin.core.engine.inference import InferenceOptions, predict_raster
+from footprint_plugin.core.engine import estimate, planning
+from footprint_plugin.core.engine.inference import InferenceOptions, InferenceResult, predict_raster
+from footprint_plugin.core.engine.tiling import TileGrid
 from footprint_plugin.core.io.raster_io import read_probability
 from footprint_plugin.core.zoo.modelcard import ModelCard
 
@@ -82,10 +83,10 @@ def test_column_windows_give_exactly_the_strip_output(tmp_path, monkeypatch, gsd
     raster = write_geotiff(tmp_path / "in.tif", image, transform=from_origin(600000, 5750000, gsd, gsd))
     card, options = _card(), InferenceOptions(precision="fp32", tta=True)
     strip = predict_raster(raster, card, tmp_path / "strip.tif", options, model=Pointwise())
-    monkeypatch.setattr(inference, "MAX_WINDOW_WIDTH", 256)
-    windows = inference.column_windows(
-        inference.GridPlan(700, 300, strip.width, strip.height, gsd, False, []),
-        inference.TileGrid.for_raster(700, 300, 128, 32),
+    monkeypatch.setattr(planning, "MAX_WINDOW_WIDTH", 256)
+    windows = planning.column_windows(
+        planning.GridPlan(700, 300, strip.width, strip.height, gsd, False, []),
+        TileGrid.for_raster(700, 300, 128, 32),
     )
     assert len(windows) == 3
     windowed = predict_raster(raster, card, tmp_path / "windowed.tif", options, model=Pointwise())
@@ -105,7 +106,7 @@ def test_column_windows_with_a_real_network_match_in_float32(tmp_path, monkeypat
     raster = write_geotiff(tmp_path / "in.tif", synthetic_buildings(600, seed=2)[0][:, :160, :])
     options = InferenceOptions(precision="fp32", output_dtype="float32", batch_size=2)
     predict_raster(raster, card, tmp_path / "strip.tif", options, model=model)
-    monkeypatch.setattr(inference, "MAX_WINDOW_WIDTH", 256)
+    monkeypatch.setattr(planning, "MAX_WINDOW_WIDTH", 256)
     predict_raster(raster, card, tmp_path / "windowed.tif", options, model=model)
     a, _, _ = read_probability(tmp_path / "strip.tif")
     b, _, _ = read_probability(tmp_path / "windowed.tif")
@@ -113,9 +114,9 @@ def test_column_windows_with_a_real_network_match_in_float32(tmp_path, monkeypat
 
 
 def test_window_geometry_is_block_aligned_and_covers_every_column():
-    grid = inference.TileGrid.for_raster(5000, 600, 512, 64)
-    plan = inference.GridPlan(5000, 600, 5000, 600, 0.5, False, [])
-    windows = inference.column_windows(plan, grid, max_width=1024)
+    grid = TileGrid.for_raster(5000, 600, 512, 64)
+    plan = planning.GridPlan(5000, 600, 5000, 600, 0.5, False, [])
+    windows = planning.column_windows(plan, grid, max_width=1024)
     assert windows[0].first == 0 and windows[-1].stop == 5000
     for left, right in zip(windows, windows[1:]):
         assert left.stop == right.first and left.stop % 256 == 0
@@ -125,27 +126,25 @@ def test_window_geometry_is_block_aligned_and_covers_every_column():
 
 
 def test_job_estimate_says_size_time_and_disk(tmp_path):
-    from footprint_plugin.core.engine.inference import check_disk, estimate_job
-
     raster = write_geotiff(tmp_path / "in.tif", synthetic_buildings(300)[0])
-    estimate = estimate_job(raster, _card(), InferenceOptions(tta=True), tmp_path / "p.tif")
-    assert estimate.passes == 8 and estimate.tiles == 9
-    assert estimate.megapixels == pytest.approx(0.09)
-    assert estimate.seconds > 0 and estimate.disk_bytes > 0
-    text = estimate.describe()
+    job = estimate.estimate_job(raster, _card(), InferenceOptions(tta=True), tmp_path / "p.tif")
+    assert job.passes == 8 and job.tiles == 9
+    assert job.megapixels == pytest.approx(0.09)
+    assert job.seconds > 0 and job.disk_bytes > 0
+    text = job.describe()
     assert "MP" in text and "GB" in text and "tiles" in text
-    assert check_disk(estimate, tmp_path / "p.tif") is None
-    estimate.free_bytes = 10
+    assert estimate.check_disk(job, tmp_path / "p.tif") is None
+    job.free_bytes = 10
     with pytest.raises(Exception, match="Not enough disk space"):
-        check_disk(estimate, tmp_path / "p.tif")
+        estimate.check_disk(job, tmp_path / "p.tif")
 
 
 def test_speed_is_remembered_for_the_next_estimate(tmp_path, monkeypatch):
-    monkeypatch.setenv(inference.SPEED_CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(estimate.SPEED_CACHE_ENV, str(tmp_path))
     card = _card()
-    assert inference.measured_speed(card, "cpu", 128) is None
-    result = inference.InferenceResult(
+    assert estimate.measured_speed(card, "cpu", 128) is None
+    result = InferenceResult(
         Path("p.tif"), ["footprint"], "cpu", "CPU", "", "fp32", 2000, 1000, 2.0, 4.0, False, [], None, 0.5
     )
-    inference.remember_speed(card, result, passes=1, tile=128)
-    assert inference.measured_speed(card, "cpu", 128) == pytest.approx(0.5)
+    estimate.remember_speed(card, result, passes=1, tile=128)
+    assert estimate.measured_speed(card, "cpu", 128) == pytest.approx(0.5)

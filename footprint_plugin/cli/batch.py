@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.common.vocabulary import DEFAULT_MIN_AREA_M2
-from . import add_common_arguments
+from . import add_common_arguments, add_overwrite_argument
 from .common import Reporter
 
 
@@ -52,6 +52,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--regularize", action="store_true", help="square building outlines")
     parser.add_argument("--tta", action="store_true", help="test-time augmentation (the card's policy)")
     parser.add_argument("--batch-size", type=int, help="tiles per batch (default: from device memory)")
+    parser.add_argument("--yes", action="store_true", help="start a job estimated to take hours without asking")
+    add_overwrite_argument(parser)
     add_common_arguments(parser)
     parser.set_defaults(run=run)
 
@@ -99,7 +101,9 @@ class BlockBar:
 def run(args: argparse.Namespace, reporter: Reporter) -> int:
     from ..core.batch.runner import BatchOptions, run_batch
     from ..core.common.errors import ModelError
-    from ..core.engine.inference import InferenceOptions
+    from ..core.common.vocabulary import BUILDINGS_LAYER
+    from ..core.engine.options import InferenceOptions
+    from ..core.io.paths import check_existing_outputs
     from ..core.vectors.polygons import PolygonOptions
     from ..core.zoo.modelcard import default_model_name, find_model
 
@@ -124,7 +128,9 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
         keep_job=args.keep_job,
         probability_dir=args.probability_dir,
         pattern=args.pattern,
+        confirmed=args.yes,
     )
+    check_existing_outputs({"--out": args.out}, args.overwrite, {"--out": [BUILDINGS_LAYER]})
     result = run_batch(
         args.inputs,
         args.out,

@@ -51,6 +51,7 @@ class BatchDetectAlgorithm(DetectorSettings, FootprintAlgorithm):
     JOB_FOLDER = "JOB_FOLDER"
     RESUME = "RESUME"
     BLOCK_SIZE = "BLOCK_SIZE"
+    CONFIRM_LONG = "CONFIRM_LONG"
 
     NAME = "batchdetect"
     DISPLAY_NAME = "Detect buildings in many tiles"
@@ -66,7 +67,10 @@ class BatchDetectAlgorithm(DetectorSettings, FootprintAlgorithm):
         "<b>Advanced</b>: <i>Dask workers</i> runs the blocks on that many local worker processes (0: inside QGIS; "
         "needs the dask package), <i>Dask scheduler</i> sends them to an existing cluster (tcp://host:8786). "
         "With a <i>job folder</i>, finished blocks are kept there, and <i>Resume</i> continues a canceled or crashed "
-        "run from them."
+        "run from them. A job folder must be new, empty or one of this plugin's job folders.\n\n"
+        "If any block fails, no layer is written: the error names the blocks and their tiles, and with a job folder "
+        "<i>Resume</i> redoes only those. A job estimated at more than an hour starts only with <i>Start a job "
+        "estimated at hours</i> ticked."
     )
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
@@ -104,6 +108,7 @@ class BatchDetectAlgorithm(DetectorSettings, FootprintAlgorithm):
             QgsProcessingParameterNumber(
                 self.BLOCK_SIZE, self.tr("Block size (pixels)"), NUMBER_INTEGER, defaultValue=4096, minValue=128
             ),
+            QgsProcessingParameterBoolean(self.CONFIRM_LONG, self.tr("Start a job estimated at hours"), False),
         ]
         for parameter in advanced:
             parameter.setFlags(parameter.flags() | FLAG_ADVANCED)
@@ -179,6 +184,7 @@ class BatchDetectAlgorithm(DetectorSettings, FootprintAlgorithm):
             resume=resume,
             keep_job=bool(job_folder),
             probability_dir=probability_folder or None,
+            confirmed=self.parameterAsBool(parameters, self.CONFIRM_LONG, context),
         )
         adapter = FeedbackAdapter(feedback, 0.0, 0.97)
 
@@ -217,9 +223,9 @@ class BatchDetectAlgorithm(DetectorSettings, FootprintAlgorithm):
         for line in result.summary_lines():
             if not line.startswith("Warning: "):  # pushed as warnings above already
                 feedback.pushInfo(line)
-        problems = list(result.skipped) + list(result.blocks_failed)
+        problems = list(result.skipped)  # failed blocks raise (BlocksFailedError): no layer then
         if problems:
-            feedback.pushWarning("Skipped tiles and failed blocks:\n" + "\n".join(problems))
+            feedback.pushWarning("Skipped tiles:\n" + "\n".join(problems))
         return {
             self.OUTPUT: dest_id,
             self.PROBABILITY_FOLDER: probability_folder or None,

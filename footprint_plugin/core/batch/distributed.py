@@ -1,9 +1,13 @@
 """Dask distributed as the batch engine: finding it, starting or joining a cluster, and the worker set-up.
 
 Dask is optional. Without it a batch runs serially in this process, and `DASK_HINT` says how to get
-workers. Each worker loads the model once (the per-process cache in core.batch, filled by
-`FootprintWorkerPlugin.setup`) and, where there are GPUs, pins one device: worker k of a LocalCluster
+workers. Each worker loads the model once (the per-process cache of core/batch/model_cache.py, filled
+by `FootprintWorkerPlugin.setup`) and, where there are GPUs, pins one device: worker k of a LocalCluster
 uses cuda:k mod the GPU count; a `dask worker` started with CUDA_VISIBLE_DEVICES=i sees one GPU.
+
+Talking to a scheduler is bounded: dask's own connect waits forever for a peer that accepts the
+connection but never answers, so each call runs in a helper thread while this one waits at most
+`CONNECT_TIMEOUT_S` and watches for a cancel (Ctrl-C, SIGTERM).
 """
 
 from __future__ import annotations
@@ -13,19 +17,28 @@ import logging
 import os
 import shutil
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
-from ..common.errors import InputError
+from ..common.callbacks import CancelCallback, check_canceled
+from ..common.errors import CanceledError, InputError
 
 DASK_HINT = (
     "Dask is not installed, so the blocks ran one after another in this process. For parallel workers "
     'install it into the plugin\'s Python: `.venv/bin/pip install "dask[distributed]>=2024.8,<2027"` '
     "(see requirements.txt), then use --workers N or --scheduler tcp://host:8786."
 )
-# Set in each worker process by the plugin; read by core.batch when a block asks for device "auto".
+# Set in each worker process by the plugin; read by core/batch/blocks.py when a block asks for device "auto".
 PINNED_DEVICE: Optional[str] = None
+# The longest wait for a scheduler to accept and answer a connection (and for each call to it while starting).
+CONNECT_TIMEOUT_S = 30.0
+# How long a scheduler without workers is given to get one.
+WORKER_WAIT_S = 60.0
+# Installing the worker set-up waits for every worker to load the model.
+REGISTER_TIMEOUT_S = 300.0
 
 
 def dask_available() -> bool:
@@ -84,25 +97,96 @@ class ClusterHandle:
                 self.cluster.close(timeout=10)
 
 
-def start_cluster(workers: Optional[int] = None, scheduler: Optional[str] = None) -> ClusterHandle:
+def bounded(call: Callable[[], Any], seconds: float, is_canceled: Optional[CancelCallback], on_timeout: str) -> Any:
+    """call() in a helper thread; InputError(on_timeout) after `seconds`, CanceledError on a cancel.
+
+    A call given up on keeps running in its daemon thread; a client it returns later is closed there."""
+    box: dict[str, Any] = {}
+    gate = threading.Lock()
+
+    def target() -> None:
+        try:
+            value = call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            value, box["error"] = None, exc
+        with gate:
+            if box.get("abandoned") and hasattr(value, "close"):
+                with contextlib.suppress(Exception):
+                    value.close()
+            box["value"] = value
+
+    thread = threading.Thread(target=target, name="footprint-dask-call", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + seconds
+    try:
+        while thread.is_alive():
+            check_canceled(is_canceled)
+            if time.monotonic() > deadline:
+                raise InputError(on_timeout)
+            thread.join(0.1)
+    except BaseException:
+        with gate:
+            box["abandoned"] = True
+            if hasattr(box.get("value"), "close"):
+                with contextlib.suppress(Exception):
+                    box["value"].close()
+        raise
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _connect(scheduler: str, is_canceled: Optional[CancelCallback]) -> Any:
+    from distributed import Client
+
+    fix = "Start it with `dask scheduler` on that machine and check the address and port (default tcp://HOST:8786)."
+    silent = (
+        f"The Dask scheduler at {scheduler} did not answer within {CONNECT_TIMEOUT_S:g} s: nothing is listening "
+        f"there, or what is listening is not a Dask scheduler. {fix}"
+    )
+    try:
+        return bounded(
+            lambda: Client(scheduler, timeout=f"{CONNECT_TIMEOUT_S}s"), CONNECT_TIMEOUT_S, is_canceled, silent
+        )
+    except (InputError, CanceledError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - OSError, TimeoutError, ... all mean "cannot reach it"
+        raise InputError(f"Cannot reach the Dask scheduler at {scheduler} ({exc}). {fix}") from None
+
+
+def _worker_count(client: Any, scheduler: str, is_canceled: Optional[CancelCallback]) -> int:
+    """The scheduler's workers, waiting up to WORKER_WAIT_S for a first one (cancelable)."""
+    silent = f"The Dask scheduler at {scheduler} stopped answering. Check that it still runs."
+
+    def count() -> int:
+        info = bounded(client.scheduler_info, CONNECT_TIMEOUT_S, is_canceled, silent)
+        return len(info.get("workers", {}))
+
+    deadline = time.monotonic() + WORKER_WAIT_S
+    workers = count()
+    while workers == 0 and time.monotonic() < deadline:
+        check_canceled(is_canceled)
+        time.sleep(0.5)
+        workers = count()
+    return workers
+
+
+def start_cluster(
+    workers: Optional[int] = None, scheduler: Optional[str] = None, is_canceled: Optional[CancelCallback] = None
+) -> ClusterHandle:
     """Connect to `scheduler`, or start a LocalCluster of `workers` single-threaded worker processes."""
     from distributed import Client, LocalCluster
 
     if scheduler:
+        client = _connect(scheduler, is_canceled)
         try:
-            client = Client(scheduler, timeout="20s")
-        except Exception as exc:  # noqa: BLE001 - OSError, TimeoutError, ... all mean "cannot reach it"
-            raise InputError(
-                f"Cannot reach the Dask scheduler at {scheduler} ({exc}). Start it with `dask scheduler` on that "
-                "machine and check the address and port (default tcp://HOST:8786)."
-            ) from None
-        count = len(client.scheduler_info().get("workers", {}))
-        if count == 0:
+            count = _worker_count(client, scheduler, is_canceled)
+        except BaseException:
             with contextlib.suppress(Exception):
-                client.wait_for_workers(1, timeout=60)
-            count = len(client.scheduler_info().get("workers", {}))
+                client.close(timeout=5)
+            raise
         if count == 0:
-            client.close()
+            client.close(timeout=5)
             raise InputError(
                 f"The Dask scheduler at {scheduler} has no workers. Start some with `dask worker {scheduler} "
                 "--nthreads 1` in the plugin's environment (README: Big areas)."
@@ -139,11 +223,11 @@ def _plugin_class():
             self.workers = workers
 
         def setup(self, worker) -> None:
-            from . import runner as batch
+            from .model_cache import cached_model
 
             pin_device(self.device, worker.name)
             with contextlib.suppress(Exception):  # a failure here resurfaces, with its message, in the first block
-                batch.cached_model(self.card_path)
+                cached_model(self.card_path)
 
     return FootprintWorkerPlugin
 
@@ -164,11 +248,14 @@ def pin_device(device: str, worker_name: Any) -> Optional[str]:
     return PINNED_DEVICE
 
 
-def register_worker_setup(handle: ClusterHandle, card_path: str, device: str) -> None:
+def register_worker_setup(
+    handle: ClusterHandle, card_path: str, device: str, is_canceled: Optional[CancelCallback] = None
+) -> None:
     """Install the plugin on every current and future worker of the cluster."""
     plugin = _plugin_class()(card_path, device, handle.workers)
     register = getattr(handle.client, "register_plugin", None) or handle.client.register_worker_plugin
-    register(plugin)
+    silent = f"The Dask cluster ({handle.description}) did not take the worker set-up within {REGISTER_TIMEOUT_S:g} s."
+    bounded(lambda: register(plugin), REGISTER_TIMEOUT_S, is_canceled, silent)
 
 
 def worker_pids(client: Any) -> dict[str, int]:

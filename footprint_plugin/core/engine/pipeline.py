@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from ..common.callbacks import CancelCallback, ProgressCallback, check_canceled, sub_progress
-from ..common.errors import OutputError
+from ..common.errors import InputError, OutputError
 from ..io.atomic import remove_quietly, remove_stale_partials, temporary_sibling
 from ..zoo.modelcard import ModelCard, find_model
 
@@ -40,6 +40,7 @@ class DetectResult:
     megapixels: float
     model: str
     warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # inference stages, seconds (InferenceResult.timings)
 
     @property
     def mp_per_s(self) -> float:
@@ -92,7 +93,7 @@ def check_detect_job(
     """
     from ..io.paths import check_folder_writable, check_outputs
     from ..io.vector_io import DRIVERS_BY_SUFFIX
-    from .inference import check_batch_size
+    from .options import check_batch_size
 
     labels = {
         "raster": "input raster",
@@ -118,11 +119,24 @@ def check_detect_job(
             check_folder_writable(path, labels[key])
 
 
+def check_sensor(raster_path: Union[str, Path], card: ModelCard) -> None:
+    """Refuse an EO model on a raster that looks like SAR (it finds "buildings" on speckle), saying how to get a SAR model."""
+    from ..io.sensor import raster_sar_reason, sar_refusal
+    from ..zoo.modelcard import list_models
+
+    if card.sensor != "EO":
+        return
+    reason = raster_sar_reason(raster_path)
+    if reason:
+        sar_models = [c.name for c in list_models() if c.sensor == "SAR"]
+        raise InputError(sar_refusal(Path(raster_path).name, reason, card.name, sar_models))
+
+
 def estimate_and_check(
     raster_path: Path, card: ModelCard, options: Any, probability_path: Path, log: Optional[Callable[[str], None]]
 ) -> list[str]:
     """Say how big the job is before starting; refuse what cannot fit the disk. Returns warnings."""
-    from .inference import check_disk, estimate_job
+    from .estimate import check_disk, estimate_job
 
     estimate = estimate_job(raster_path, card, options, probability_path)
     warnings = []
@@ -156,7 +170,7 @@ def detect_buildings(
     checked before the model is loaded; `log` receives the job's size estimate before the work.
     """
     from ..vectors.polygons import PolygonOptions
-    from .inference import InferenceOptions
+    from .options import InferenceOptions
 
     started = time.monotonic()
     card = card if isinstance(card, ModelCard) else find_model(card)
@@ -168,6 +182,7 @@ def detect_buildings(
     final_probability = Path(probability_path) if probability_path else None
     final_vector = Path(out_vector) if out_vector else None
     check_detect_job(raster_path, final_vector, final_probability, inference_options, polygon_options)
+    check_sensor(raster_path, card)
     remove_stale_partials(p.parent for p in (final_vector, final_probability) if p is not None)
     with contextlib.ExitStack() as stack:
         if final_probability is not None:
@@ -211,7 +226,8 @@ def _run_stages(
 ) -> tuple[Any, Any, float]:
     """Inference, polygons, then the vector file (written atomically by write_buildings)."""
     from ..vectors.polygons import polygonize_raster, write_buildings
-    from .inference import predict_raster, remember_speed, tta_passes
+    from .estimate import remember_speed, tta_passes
+    from .inference import predict_raster
 
     started = time.monotonic()
     inference = predict_raster(
@@ -265,4 +281,5 @@ def _detect_result(
         megapixels=inference.megapixels,
         model=card.display_name,
         warnings=warnings + list(inference.warnings) + list(polygons.warnings),
+        timings=dict(inference.timings),
     )

@@ -14,6 +14,10 @@ Invalid (nodata) pixels are set to 0 after scaling. The training engine uses the
 
 from __future__ import annotations
 
+import copy
+import json
+import os
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -131,6 +135,41 @@ def compute_scaling_stats(
         lo, hi = np.percentile(pixels, [low_pct, high_pct])
         stats.low.append(float(lo))
         stats.high.append(float(hi))
+    return stats
+
+
+# Statistics of the rasters seen last in this process: the same layer run again (another extent, a mask,
+# a second look after zooming in) reuses them, so its scaling never follows the chosen area.
+_STATS_CACHE: OrderedDict[tuple, ScalingStats] = OrderedDict()
+STATS_CACHE_SIZE = 32
+
+
+def _raster_identity(dataset) -> Optional[tuple]:
+    """What identifies a raster's pixels here: its path with size and modification time, and its shape."""
+    name = str(getattr(dataset, "name", "") or "")
+    try:
+        status = os.stat(name)
+    except OSError:
+        return None  # an in-memory or remote dataset: computed every time
+    shape = (dataset.width, dataset.height, dataset.count, tuple(dataset.transform)[:6])
+    return (os.path.realpath(name), status.st_size, status.st_mtime_ns, shape)
+
+
+def cached_scaling_stats(dataset, card: ModelCard, band_indexes: list[int], replicate_to: int) -> ScalingStats:
+    """compute_scaling_stats of the whole raster, computed once per raster and scaling in this process."""
+    identity = _raster_identity(dataset)
+    key = None
+    if identity is not None:
+        key = (identity, tuple(band_indexes), replicate_to, json.dumps(card.scaling, sort_keys=True, default=str))
+        cached = _STATS_CACHE.get(key)
+        if cached is not None:
+            _STATS_CACHE.move_to_end(key)
+            return copy.deepcopy(cached)
+    stats = compute_scaling_stats(dataset, card, band_indexes, replicate_to)
+    if key is not None:
+        _STATS_CACHE[key] = copy.deepcopy(stats)
+        while len(_STATS_CACHE) > STATS_CACHE_SIZE:
+            _STATS_CACHE.popitem(last=False)
     return stats
 
 
