@@ -157,9 +157,6 @@ class DetectBuildingsAlgorithm(DetectorSettings, FootprintAlgorithm):
     def perform(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
-        from ..core.engine.pipeline import check_detect_job, detect_buildings
-        from ..core.io.paths import check_outputs
-
         layer = getattr(self, "_input", None) or RasterSnapshot.of(
             self.parameterAsRasterLayer(parameters, self.INPUT, context)
         )
@@ -167,8 +164,52 @@ class DetectBuildingsAlgorithm(DetectorSettings, FootprintAlgorithm):
         raster = webmap.display_path(layer) if web else raster_file(layer, self.INPUT)
         card, inference_options, polygon_options = self.detector_options(parameters, context)
         probability = self.parameterAsOutputLayer(parameters, self.PROBABILITY, context) or None
+        self._check_job(parameters, context, raster, probability, inference_options, polygon_options)
+        extent = None
+        if parameters.get(self.EXTENT) not in (None, ""):
+            extent = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
+        mask_geometry = (
+            self._mask if hasattr(self, "_mask") else self._mask_geometry(parameters, context, layer, feedback)
+        )
+        feedback.pushInfo(f"Model: {card.display_name} ({card.architecture}, {card.sensor}, {card.gsd_m} m)")
+        result = self._detect(
+            layer,
+            raster,
+            web,
+            extent,
+            mask_geometry,
+            card,
+            probability,
+            inference_options,
+            polygon_options,
+            context,
+            feedback,
+        )
+        for warning in user_warnings(result.warnings):  # each once, in a user's words
+            feedback.pushWarning(warning)
+        for note in user_notes(result.warnings):  # details, not warnings
+            feedback.pushInfo(note)
+        dest_id, written = self._write_buildings(parameters, context, feedback, layer, raster, result, mask_geometry)
+        feedback.setProgress(100.0)
+        for line in result.summary_lines():
+            if not line.startswith("Warning: "):  # pushed as warnings above already
+                feedback.pushInfo(line)
+        return {
+            self.OUTPUT: dest_id,
+            self.PROBABILITY: str(result.probability_path) if result.probability_path else None,
+            "N_BUILDINGS": written,
+            "SECONDS": result.seconds,
+            "MP_PER_S": result.mp_per_s,
+            "DEVICE_USED": result.device_name,
+            "MODEL_USED": result.model,
+        }
+
+    def _check_job(self, parameters, context, raster, probability, inference_options, polygon_options) -> None:
+        """Before any work: no output may be the input raster or the other output, and the job must fit."""
+        from ..core.engine.pipeline import check_detect_job
+        from ..core.io.paths import check_outputs
+
         buildings = self.parameterAsOutputLayer(parameters, self.OUTPUT, context) or None
-        # Before any work: no output may be the input raster or the other output.
         check_outputs({"Input raster": raster}, {"Building probability": probability, "Buildings": buildings})
         check_detect_job(
             raster,
@@ -179,14 +220,24 @@ class DetectBuildingsAlgorithm(DetectorSettings, FootprintAlgorithm):
             labels={"raster": "Input raster", "probability": "Building probability"},
         )
 
-        extent = None
-        if parameters.get(self.EXTENT) not in (None, ""):
-            extent = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
-        mask_geometry = (
-            self._mask if hasattr(self, "_mask") else self._mask_geometry(parameters, context, layer, feedback)
-        )
+    def _detect(
+        self,
+        layer,
+        raster,
+        web,
+        extent,
+        mask_geometry,
+        card,
+        probability,
+        inference_options,
+        polygon_options,
+        context,
+        feedback,
+    ):
+        """The engine's detect on the file, a pixel window of it (extent or mask), or a fetched web-map area."""
+        from ..core.engine.pipeline import detect_buildings
+
         adapter = FeedbackAdapter(feedback, 0.0, 0.97)
-        feedback.pushInfo(f"Model: {card.display_name} ({card.architecture}, {card.sensor}, {card.gsd_m} m)")
         with tempfile.TemporaryDirectory(prefix="footprint_detect_") as scratch:
             source = raster
             if web:
@@ -197,7 +248,7 @@ class DetectBuildingsAlgorithm(DetectorSettings, FootprintAlgorithm):
             elif extent is not None or mask_geometry is not None:
                 window = crop_window(raster, layer, extent, mask_geometry)
                 inference_options = dataclasses.replace(inference_options, window=window)
-            result = detect_buildings(
+            return detect_buildings(
                 source,
                 None,
                 card,
@@ -208,15 +259,12 @@ class DetectBuildingsAlgorithm(DetectorSettings, FootprintAlgorithm):
                 is_canceled=adapter.is_canceled,
                 log=feedback.pushInfo,
             )
-        for warning in user_warnings(result.warnings):  # each once, in a user's words
-            feedback.pushWarning(warning)
-        for note in user_notes(result.warnings):  # details, not warnings
-            feedback.pushInfo(note)
 
+    def _write_buildings(self, parameters, context, feedback, layer, raster, result, mask_geometry) -> tuple[Any, int]:
+        """The buildings sink, created only now so a failed or canceled run leaves no empty output file."""
         geometries, attributes = result.geometries, result.attributes
         if mask_geometry is not None:
             geometries, attributes = self._inside_mask(geometries, attributes, mask_geometry)
-        # The sink is created only now, so a failed or canceled run leaves no empty output file.
         fields = building_fields()
         sink, dest_id = self.parameterAsSink(
             parameters,
@@ -231,19 +279,7 @@ class DetectBuildingsAlgorithm(DetectorSettings, FootprintAlgorithm):
         attributes = [{**attrs, "source": raster.name} for attrs in attributes]
         written = add_polygon_features(sink, fields, geometries, attributes, feedback)
         sink.flushBuffer()
-        feedback.setProgress(100.0)
-        for line in result.summary_lines():
-            if not line.startswith("Warning: "):  # pushed as warnings above already
-                feedback.pushInfo(line)
-        return {
-            self.OUTPUT: dest_id,
-            self.PROBABILITY: str(result.probability_path) if result.probability_path else None,
-            "N_BUILDINGS": written,
-            "SECONDS": result.seconds,
-            "MP_PER_S": result.mp_per_s,
-            "DEVICE_USED": result.device_name,
-            "MODEL_USED": result.model,
-        }
+        return dest_id, written
 
     def _mask_geometry(self, parameters, context, layer, feedback) -> QgsGeometry | None:
         source = self.parameterAsSource(parameters, self.MASK, context)
