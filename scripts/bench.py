@@ -8,7 +8,14 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHMARKS = ("bench_inference.py", "bench_polygons.py", "bench_training.py", "bench_batch.py", "bench_memory.py")
+BENCHMARKS = (
+    "bench_inference.py",
+    "bench_polygons.py",
+    "bench_training.py",
+    "bench_batch.py",
+    "bench_memory.py",
+    "bench_finetune.py",
+)
 
 
 def main(argv: list[str]) -> int:

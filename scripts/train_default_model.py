@@ -1,4 +1,4 @@
-"""Train the bundled default EO model (footprint_eo_mobilenet) from ../shared/data, reproducibly.
+"""Train the bundled default EO models (footprint_eo_lite0; earlier footprint_eo_mobilenet) from ../shared/data, reproducibly.
 
 The bundled version 1.1 comes from two runs: the first trains 1.0 from scratch, the second continues
 it with the robust EO augmentation (recoloured roofs, sensor blur, more panchromatic-like chips):

@@ -20,7 +20,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--weights", type=Path, metavar="WEIGHTS.pt", help="with --import: the weights file (default: the card's)"
     )
-    parser.add_argument("--delete", metavar="NAME", help="delete this user model (card and weights)")
+    parser.add_argument("--delete", metavar="NAME", help="delete this user model (card, weights, training reports)")
     add_common_arguments(parser)
     parser.set_defaults(run=run)
 
@@ -36,8 +36,8 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
         reporter.info(f"Imported '{card.name}' into {user_model_dir()}.")
     if args.delete:
         card = find_model(args.delete)
-        delete_model(card)
-        reporter.info(f"Deleted the user model '{card.name}'.")
+        removed = delete_model(card, only_in=user_model_dir())
+        reporter.info(f"Deleted the user model '{card.name}' ({len(removed)} files, training reports included).")
     cards, problems = scan_models()
     lines = []
     for card in cards:

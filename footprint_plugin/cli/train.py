@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from ..core.common.vocabulary import ARCHITECTURES, DEFAULT_ARCHITECTURE, DEFAULT_EPOCHS, DEFAULT_FINETUNE_EPOCHS
+from ..core.common.vocabulary import ARCHITECTURES, DEFAULT_ARCHITECTURE, DEFAULT_BUDGET_MINUTES, DEFAULT_EPOCHS
 from ..core.learning.augment import POLICIES as AUGMENTATION_POLICIES
 from . import add_common_arguments
 from .common import Reporter
@@ -43,7 +43,12 @@ def _add_shared_arguments(parser: argparse.ArgumentParser, finetune: bool) -> No
     )
     parser.add_argument("--out", required=True, help="name of the new model (letters, digits, . _ -)")
     parser.add_argument("--out-dir", type=Path, help="model folder (default: the user model folder)")
-    parser.add_argument("--epochs", type=int, default=DEFAULT_FINETUNE_EPOCHS if finetune else DEFAULT_EPOCHS)
+    if finetune:
+        parser.add_argument(
+            "--epochs", type=int, help="cap on the epochs (default: as many as fit into the time budget)"
+        )
+    else:
+        parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help=f"epochs ({DEFAULT_EPOCHS})")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=3e-4 if finetune else 1e-3, help="peak learning rate")
     parser.add_argument("--chip-size", type=int, default=256, help="training chip size in pixels (multiple of 32)")
@@ -54,7 +59,9 @@ def _add_shared_arguments(parser: argparse.ArgumentParser, finetune: bool) -> No
         "--freeze-encoder-epochs", type=int, default=2 if finetune else 0, help="train only the decoder first"
     )
     parser.add_argument(
-        "--patience", type=int, default=8, help="stop after this many epochs without a better validation F1"
+        "--patience",
+        type=int,
+        help="stop after this many epochs without a better validation F1 (default: 8; off while filling a budget)",
     )
     parser.add_argument("--loss", choices=("bce", "focal"), default="bce", help="pixel loss, always plus Dice")
     parser.add_argument(
@@ -75,9 +82,18 @@ def _add_shared_arguments(parser: argparse.ArgumentParser, finetune: bool) -> No
     parser.add_argument(
         "--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is fastest on a busy machine)"
     )
-    parser.add_argument("--max-minutes", type=float, help="time budget; the learning-rate schedule fits into it")
+    budgets = ", ".join(f"{minutes:g} on {kind}" for kind, minutes in DEFAULT_BUDGET_MINUTES.items())
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        help="time budget of the whole run; without --epochs the epochs fill it"
+        + (f" (default: {budgets})" if finetune else ""),
+    )
     parser.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint of this run exists")
     parser.add_argument("--description", default="", help="free text for the model card")
+    parser.add_argument(
+        "--labels-name", default="", help="name of the labels for the card's provenance (default: the file names)"
+    )
     add_common_arguments(parser)
 
 
@@ -167,17 +183,37 @@ def _config(args: argparse.Namespace, base: Optional[str]):
         loss=args.loss,
         chips_per_epoch=args.chips_per_epoch,
         description=args.description,
+        labels_source=args.labels_name,
         training_command="python -m footprint_plugin " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )
 
 
+def _created_folders(folder: Optional[Path]) -> list[Path]:
+    """The folders of `folder`'s path that do not exist yet (deepest first): the ones a run would create."""
+    created: list[Path] = []
+    current = folder.resolve() if folder is not None else None
+    while current is not None and not current.exists() and current != current.parent:
+        created.append(current)
+        current = current.parent
+    return created
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Remove the folders a failed run created, deepest first, as long as they are empty (never a user's file)."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
 def _run(args: argparse.Namespace, reporter: Reporter, base: Optional[str]) -> int:
-    from ..core.common.vocabulary import check_model_name
     from ..core.learning.training import train_model
     from ..core.zoo.modelcard import check_new_model_name
 
-    # Before hours of training: the name must be valid and, in the user folder, hide no bundled model.
-    check_model_name(args.out) if args.out_dir else check_new_model_name(args.out)
+    # Before hours of training: the name must be valid and hide no bundled model, whatever the folder
+    # (any model folder may be listed beside the bundled one later).
+    check_new_model_name(args.out)
     if args.threads:
         import torch
 
@@ -185,9 +221,17 @@ def _run(args: argparse.Namespace, reporter: Reporter, base: Optional[str]) -> i
     pairs = _pairs(args)
     config = _config(args, base)
     reporter.stage(f"{'finetune' if base else 'train'} {args.out}")
-    result = train_model(pairs, config, progress=reporter.progress, is_canceled=reporter.is_canceled, log=reporter.info)
+    new_folders = _created_folders(args.out_dir)
+    try:
+        result = train_model(
+            pairs, config, progress=reporter.progress, is_canceled=reporter.is_canceled, log=reporter.info
+        )
+    except BaseException:
+        _remove_if_empty(new_folders)  # a failed run leaves no empty --out-dir behind
+        raise
     metrics = result.metrics
-    lines = [f"Model: {args.out} (best epoch {result.best_epoch} of {metrics.get('epochs_trained')})"]
+    lines = [*result.summary.splitlines()] if result.summary else []
+    lines.append(f"Model: {args.out} (best epoch {result.best_epoch} of {metrics.get('epochs_trained')})")
     for area, scores in metrics.get("per_area", {}).items():
         lines.append(
             f"  {scores['split']:<4} {area}: F1 {scores['f1']:.3f} (P {scores['precision']:.3f}, R {scores['recall']:.3f}), "
@@ -206,6 +250,7 @@ def _run(args: argparse.Namespace, reporter: Reporter, base: Optional[str]) -> i
         "report_png": str(result.report_png),
         "log_json": str(result.log_json),
         "best_epoch": result.best_epoch,
+        "summary": result.summary,
         "metrics": metrics,
     }
     reporter.summary(summary, lines)

@@ -12,7 +12,14 @@ from qgis.PyQt.QtCore import Qt, QTimer
 from qgis.PyQt.QtGui import QPixmap
 from qgis.PyQt.QtWidgets import QDialog, QDialogButtonBox, QListWidgetItem, QPushButton, QWidget
 
-from ..core.common.vocabulary import ARCHITECTURES, DEFAULT_ARCHITECTURE, DEFAULT_EPOCHS, DEVICES, model_name_problem
+from ..core.common.vocabulary import (
+    ARCHITECTURES,
+    BUILDING_FIELDS,
+    DEFAULT_ARCHITECTURE,
+    DEFAULT_BUDGET_MINUTES,
+    DEVICES,
+    model_name_problem,
+)
 from ..processing.compat import GEOMETRY_POLYGON
 from ..processing.results import is_result_layer
 from .detect_dialog import layer_label
@@ -44,6 +51,10 @@ class TrainDialog(QDialog, FORM_CLASS):
         self.train_button.clicked.connect(self.start)
         self.cancel_button.clicked.connect(self.cancel)
         self.newRadio.toggled.connect(self._mode_changed)
+        self.baseModelCombo.currentIndexChanged.connect(self.check_held_out)
+        self.rasterList.itemChanged.connect(self.check_held_out)
+        # legendLayersAdded: the layer is in the layer tree by then (layersAdded fires before).
+        QgsProject.instance().legendLayersAdded.connect(self._layers_added)
         self.poll = QTimer(self)
         self.poll.setInterval(250)
         self.poll.timeout.connect(self._poll_progress)
@@ -51,9 +62,27 @@ class TrainDialog(QDialog, FORM_CLASS):
         self.fill_models()
         self._restore_settings()
         self._mode_changed()
+        self.check_held_out()
 
     # --- choices ----------------------------------------------------------------------------------------
+    def _layers_added(self, _layers: Any = None) -> None:
+        """A layer loaded while the dialog is open (e.g. the labels just digitized) joins the lists."""
+        chosen_labels = self.buildingsCombo.currentData()
+        chosen_aoi = self.aoiCombo.currentData()
+        ticked = {layer.id() for layer in self.checked_rasters()}
+        self.fill_layers()
+        for row in range(self.rasterList.count()):
+            item = self.rasterList.item(row)
+            if ticked:
+                checked = item.data(Qt.ItemDataRole.UserRole) in ticked
+                item.setCheckState(Qt.CheckState.Checked if checked else Qt.CheckState.Unchecked)
+        if chosen_labels and self.buildingsCombo.findData(chosen_labels) >= 0:
+            self.buildingsCombo.setCurrentIndex(self.buildingsCombo.findData(chosen_labels))
+        if chosen_aoi and self.aoiCombo.findData(chosen_aoi) >= 0:
+            self.aoiCombo.setCurrentIndex(self.aoiCombo.findData(chosen_aoi))
+
     def fill_layers(self) -> None:
+        self.rasterList.blockSignals(True)
         self.rasterList.clear()
         self.buildingsCombo.clear()
         self.aoiCombo.clear()
@@ -70,12 +99,14 @@ class TrainDialog(QDialog, FORM_CLASS):
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
             item.setCheckState(Qt.CheckState.Checked if layer is ticked else Qt.CheckState.Unchecked)
             self.rasterList.addItem(item)
+        self.rasterList.blockSignals(False)
         polygons = [lyr for lyr in layers if isinstance(lyr, QgsVectorLayer) and lyr.geometryType() == GEOMETRY_POLYGON]
         for layer in polygons:
             self.buildingsCombo.addItem(layer_label(layer), layer.id())
             self.aoiCombo.addItem(layer_label(layer), layer.id())
-        # Labels: the first polygon layer that is not one of our predictions; none preselected otherwise.
-        digitized = [index for index, layer in enumerate(polygons) if not is_result_layer(layer)]
+        # Labels: a polygon layer that is not one of our detections (the top one in the layer tree, usually the
+        # latest loaded); none preselected otherwise, so plugin output never becomes labels by accident.
+        digitized = [index for index, layer in enumerate(polygons) if not looks_like_detections(layer)]
         self.buildingsCombo.setCurrentIndex(digitized[0] if digitized else -1)
 
     def fill_models(self) -> None:
@@ -91,6 +122,35 @@ class TrainDialog(QDialog, FORM_CLASS):
             self.newRadio.setChecked(True)
         self.architectureCombo.setEnabled(new)
         self.baseModelCombo.setEnabled(not new)
+        if new:
+            self.budgetSpin.setSpecialValueText(self.tr("no limit"))
+        else:
+            budgets = ", ".join(f"{m:g} min on {k.upper()}" for k, m in DEFAULT_BUDGET_MINUTES.items() if k != "mps")
+            self.budgetSpin.setSpecialValueText(self.tr("default ({})").format(budgets))
+        self.check_held_out()
+
+    def check_held_out(self, *_args: Any) -> list[str]:
+        """Warn when the ticked rasters look like one of the base model's held-out areas."""
+        from ..core.learning.cards import held_out_matches
+        from ..core.zoo.modelcard import find_model
+
+        matches: list[str] = []
+        if not self.newRadio.isChecked() and self.baseModelCombo.currentData():
+            try:
+                card = find_model(self.baseModelCombo.currentData())
+            except Exception:  # noqa: BLE001 - a broken card is reported by the model list, not here
+                card = None
+            if card is not None:
+                matches = held_out_matches(card, [layer.source() for layer in self.checked_rasters()])
+        if matches:
+            self.warningLabel.setText(
+                self.tr(
+                    "<b>Warning:</b> {} is one of the base model's held-out areas. After fine-tuning on it, the "
+                    "card's held-out scores for it no longer apply; score the new model on other ground."
+                ).format(", ".join(matches))
+            )
+        self.warningLabel.setVisible(bool(matches))
+        return matches
 
     def checked_rasters(self) -> list[QgsMapLayer]:
         layers = []
@@ -113,12 +173,15 @@ class TrainDialog(QDialog, FORM_CLASS):
         problem = model_name_problem(name)  # the one rule Processing, the CLI and the zoo apply too
         if problem:
             raise ValueError(problem)
+        if self.newRadio.isChecked() and self.epochsSpin.value() == 0 and self.budgetSpin.value() == 0:
+            raise ValueError(self.tr("Set the epochs or a time budget for a new model."))
         parameters: dict[str, Any] = {
             # File paths for rasters and layer ids for vectors: the algorithm runs on a worker thread.
             "INPUT": [layer.source() for layer in rasters],
             "BUILDINGS": self.buildingsCombo.currentData(),
             "AOI": self.aoiCombo.currentData() or None,
             "EPOCHS": self.epochsSpin.value(),
+            "MAX_MINUTES": self.budgetSpin.value(),
             "NAME": name,
             "DEVICE": self.deviceCombo.currentText(),
         }
@@ -145,6 +208,7 @@ class TrainDialog(QDialog, FORM_CLASS):
             )
         )
         self.progressBar.setValue(0)
+        self.epochLabel.setText("")
         self.train_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.run = AlgorithmRun(
@@ -161,6 +225,9 @@ class TrainDialog(QDialog, FORM_CLASS):
     def _poll_progress(self) -> None:
         if self.run is not None:
             self.progressBar.setValue(int(self.run.feedback.progress()))
+            line = latest_epoch_line(self.run.feedback.textLog())
+            if line:
+                self.epochLabel.setText(line)
 
     def _finished(self, ok: bool, results: dict[str, Any], run: AlgorithmRun) -> None:
         self.poll.stop()
@@ -176,9 +243,10 @@ class TrainDialog(QDialog, FORM_CLASS):
         report = results.get("REPORT")
         if report and Path(report).is_file():
             self.reportLabel.setPixmap(QPixmap(str(report)))
+        summary = str(results.get("SUMMARY") or "").replace("\n", "<br>")
         self.statusLabel.setText(
-            self.tr("Model saved: {}. It is now listed in the Detect buildings dialog. Metrics: {}").format(
-                results.get("MODEL_CARD", "?"), results.get("METRICS", "")
+            self.tr("{}<br>Model saved: {}. It is now listed in the Detect buildings dialog.").format(
+                summary, results.get("MODEL_CARD", "?")
             )
         )
         self.fill_models()
@@ -193,7 +261,8 @@ class TrainDialog(QDialog, FORM_CLASS):
     # --- settings ---------------------------------------------------------------------------------------
     def _restore_settings(self) -> None:
         value = self.settings.value
-        self.epochsSpin.setValue(int(value(SETTINGS_PREFIX + "epochs", DEFAULT_EPOCHS)))
+        self.epochsSpin.setValue(int(value(SETTINGS_PREFIX + "epochs", 0)))
+        self.budgetSpin.setValue(float(value(SETTINGS_PREFIX + "budget_minutes", 0.0)))
         self.architectureCombo.setCurrentText(str(value(SETTINGS_PREFIX + "architecture", DEFAULT_ARCHITECTURE)))
         self.deviceCombo.setCurrentText(str(value(SETTINGS_PREFIX + "device", "auto")))
         index = self.baseModelCombo.findData(value(SETTINGS_PREFIX + "base_model", ""))
@@ -204,6 +273,7 @@ class TrainDialog(QDialog, FORM_CLASS):
 
     def _save_settings(self) -> None:
         self.settings.setValue(SETTINGS_PREFIX + "epochs", self.epochsSpin.value())
+        self.settings.setValue(SETTINGS_PREFIX + "budget_minutes", self.budgetSpin.value())
         self.settings.setValue(SETTINGS_PREFIX + "architecture", self.architectureCombo.currentText())
         self.settings.setValue(SETTINGS_PREFIX + "device", self.deviceCombo.currentText())
         self.settings.setValue(SETTINGS_PREFIX + "base_model", self.baseModelCombo.currentData() or "")
@@ -212,3 +282,19 @@ class TrainDialog(QDialog, FORM_CLASS):
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt override
         self.poll.stop()
         super().closeEvent(event)
+
+
+def looks_like_detections(layer: QgsMapLayer) -> bool:
+    """One of our outputs: tagged as a result layer, or carrying every field of the building layer."""
+    if is_result_layer(layer):
+        return True
+    names = set(layer.fields().names()) if isinstance(layer, QgsVectorLayer) else set()
+    return set(BUILDING_FIELDS) <= names
+
+
+def latest_epoch_line(log: str) -> str:
+    """The last "epoch N/M: loss ..., val F1 ..., ETA ..." line of a feedback log, or ""."""
+    for line in reversed(log.splitlines()):
+        if line.strip().startswith("epoch "):
+            return line.strip()
+    return ""

@@ -10,7 +10,7 @@ from qgis.core import (
     QgsProcessingParameterNumber,
 )
 
-from ..core.common.vocabulary import DEFAULT_FINETUNE_EPOCHS
+from ..core.common.vocabulary import DEFAULT_BUDGET_MINUTES
 from .base import GROUP_TRAIN
 from .compat import NUMBER_INTEGER
 from .models_choice import default_model, model_names, resolve_card
@@ -27,6 +27,11 @@ class FinetuneModelAlgorithm(TrainModelAlgorithm):
     HELP = (
         "Fine-tunes an existing (bundled or user) model on your rasters and the buildings you digitized on them, "
         "and saves the result as a new model; the base model is left unchanged.\n\n"
+        "<b>Time budget</b>: the fine-tune is asked for in minutes; with 0 epochs it makes as many epochs as "
+        "fit (measured as it goes), and the learning-rate schedule ends with the budget.\n"
+        "<b>Building polygons</b> may be the plugin's own detections after you edited them (deleted false "
+        "positives, added misses): with the reviewed cells as <b>Area digitized</b>, an empty reviewed cell teaches "
+        "'no building here', and nothing outside the cells counts.\n"
         "The new model keeps the base model's bands, scaling and pixel size, so the rasters must match them. "
         "<b>Frozen-encoder epochs</b> first train only the decoder, which helps with few labels.\n"
         "<b>Area digitized</b> (optional): polygons outlining where every building was drawn.\n\n"
@@ -56,7 +61,17 @@ class FinetuneModelAlgorithm(TrainModelAlgorithm):
         return 3e-4
 
     def default_epochs(self) -> int:
-        return DEFAULT_FINETUNE_EPOCHS
+        return 0  # fill the time budget
+
+    def epochs_label(self) -> str:
+        return self.tr("Epochs (0: as many as fit into the time budget)")
+
+    def budget_label(self) -> str:
+        budgets = ", ".join(f"{minutes:g} on {kind.upper()}" for kind, minutes in DEFAULT_BUDGET_MINUTES.items())
+        return self.tr("Time budget (minutes, 0: the default, {})").format(budgets)
+
+    def has_default_budget(self) -> bool:
+        return True
 
     def model_settings(self, parameters: dict[str, Any], context: QgsProcessingContext) -> dict[str, Any]:
         card = resolve_card(self.parameterAsEnumString(parameters, self.BASE_MODEL, context))

@@ -11,6 +11,7 @@ from .detect_buildings import DetectBuildingsAlgorithm
 from .evaluate_footprints import EvaluateFootprintsAlgorithm
 from .finetune_model import FinetuneModelAlgorithm
 from .regularize_footprints import RegularizeFootprintsAlgorithm
+from .suggest_cells import SuggestCellsAlgorithm
 from .train_model import TrainModelAlgorithm
 
 PROVIDER_ID = "footprint"
@@ -19,6 +20,7 @@ ALGORITHM_CLASSES = (
     BatchDetectAlgorithm,
     TrainModelAlgorithm,
     FinetuneModelAlgorithm,
+    SuggestCellsAlgorithm,
     EvaluateFootprintsAlgorithm,
     RegularizeFootprintsAlgorithm,
 )

@@ -71,7 +71,12 @@ class TrainModelAlgorithm(FootprintAlgorithm):
         self.add_model_parameter()
         self.addParameter(
             QgsProcessingParameterNumber(
-                self.EPOCHS, self.tr("Epochs"), NUMBER_INTEGER, self.default_epochs(), minValue=1, maxValue=1000
+                self.EPOCHS, self.epochs_label(), NUMBER_INTEGER, self.default_epochs(), minValue=0, maxValue=1000
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.MAX_MINUTES, self.budget_label(), NUMBER_DOUBLE, 0.0, minValue=0.0, maxValue=100000.0
             )
         )
         self.addParameter(QgsProcessingParameterString(self.NAME_PARAM, self.tr("New model name"), "my_buildings"))
@@ -100,9 +105,6 @@ class TrainModelAlgorithm(FootprintAlgorithm):
                 minValue=1e-6,
                 maxValue=1.0,
             ),
-            QgsProcessingParameterNumber(
-                self.MAX_MINUTES, self.tr("Stop after (minutes, 0: no limit)"), NUMBER_DOUBLE, 0.0, minValue=0.0
-            ),
             QgsProcessingParameterEnum(
                 self.AUGMENTATION,
                 self.tr("Augmentation"),
@@ -125,6 +127,7 @@ class TrainModelAlgorithm(FootprintAlgorithm):
         self.addOutput(QgsProcessingOutputString("METRICS", self.tr("Validation metrics (JSON)")))
         self.addOutput(QgsProcessingOutputString("MODEL_NAME", self.tr("Model name")))
         self.addOutput(QgsProcessingOutputNumber("BEST_EPOCH", self.tr("Best epoch")))
+        self.addOutput(QgsProcessingOutputString("SUMMARY", self.tr("Summary")))
 
     def add_model_parameter(self) -> None:
         self.addParameter(
@@ -148,6 +151,23 @@ class TrainModelAlgorithm(FootprintAlgorithm):
 
     def default_learning_rate(self) -> float:
         return 1e-3
+
+    def epochs_label(self) -> str:
+        return self.tr("Epochs (0: as many as fit into the time budget)")
+
+    def budget_label(self) -> str:
+        return self.tr("Time budget (minutes, 0: no limit)")
+
+    def time_settings(self, parameters: dict[str, Any], context: QgsProcessingContext) -> dict[str, Any]:
+        """Epochs and budget: 0 epochs fill the budget; a 0 budget means none (training) or the default."""
+        epochs = self.parameterAsInt(parameters, self.EPOCHS, context)
+        minutes = self.parameterAsDouble(parameters, self.MAX_MINUTES, context)
+        if epochs == 0 and minutes <= 0 and not self.has_default_budget():
+            raise QgsProcessingException("Set the epochs or a time budget (both are 0).")
+        return {"epochs": epochs or None, "max_minutes": minutes if minutes > 0 else None}
+
+    def has_default_budget(self) -> bool:
+        return False
 
     def default_epochs(self) -> int:
         return DEFAULT_EPOCHS
@@ -175,21 +195,20 @@ class TrainModelAlgorithm(FootprintAlgorithm):
         aoi = source_path(self, parameters, self.AOI, context, feedback)
         name = check_new_model_name(self.parameterAsString(parameters, self.NAME_PARAM, context).strip())
         out_folder = self.parameterAsString(parameters, self.OUTPUT_FOLDER, context) or None
-        max_minutes = self.parameterAsDouble(parameters, self.MAX_MINUTES, context)
         pairs = [
             TrainingPair(raster=raster, labels=Path(labels), aoi=Path(aoi) if aoi else None) for raster in raster_paths
         ]
         config = TrainingConfig(
             out_name=name,
-            epochs=self.parameterAsInt(parameters, self.EPOCHS, context),
             batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
             chip_size=self.parameterAsInt(parameters, self.CHIP_SIZE, context),
             lr=self.parameterAsDouble(parameters, self.LEARNING_RATE, context),
             device=self.parameterAsEnumString(parameters, self.DEVICE, context) or "auto",
             augmentation=self.parameterAsEnumString(parameters, self.AUGMENTATION, context) or AUGMENTATIONS[0],
             out_dir=Path(out_folder) if out_folder else None,
-            max_minutes=max_minutes if max_minutes > 0 else None,
             training_command=f"QGIS Processing footprint:{self.NAME}",
+            labels_source=self.source_name(parameters, self.BUILDINGS, context),
+            **self.time_settings(parameters, context),
             **self.model_settings(parameters, context),
         )
         adapter = FeedbackAdapter(feedback)
@@ -197,8 +216,8 @@ class TrainModelAlgorithm(FootprintAlgorithm):
             pairs, config, progress=adapter.progress, is_canceled=adapter.is_canceled, log=feedback.pushInfo
         )
         metrics = json.dumps(result.metrics, default=str)
+        feedback.pushInfo(result.summary)
         feedback.pushInfo(f"Model card: {result.card_path}")
-        feedback.pushInfo(f"Best epoch: {result.best_epoch}; metrics: {metrics}")
         report = str(result.report_png) if result.report_png and Path(result.report_png).exists() else None
         if report:
             feedback.pushInfo(f"Training report: {report}")
@@ -212,4 +231,13 @@ class TrainModelAlgorithm(FootprintAlgorithm):
             "METRICS": metrics,
             "MODEL_NAME": name,
             "BEST_EPOCH": result.best_epoch,
+            "SUMMARY": result.summary,
         }
+
+    def source_name(self, parameters: dict[str, Any], name: str, context: QgsProcessingContext) -> str:
+        """The layer's name as the user sees it (for the card's provenance), else its file name."""
+        layer = self.parameterAsVectorLayer(parameters, name, context)
+        if layer is not None and layer.name():
+            return layer.name()
+        value = parameters.get(name)
+        return Path(str(getattr(value, "source", value) or "")).name

@@ -20,6 +20,8 @@ from ..io.atomic import write_text_atomically
 
 BUNDLED_ZOO_DIR = Path(__file__).resolve().parents[3] / "model_zoo"
 USER_MODELS_ENV = "FOOTPRINT_USER_MODELS"
+# Models an older plugin version trained from the GUI into the QGIS profile: still listed, never written to.
+LEGACY_MODELS_ENV = "FOOTPRINT_LEGACY_MODELS"
 
 SENSORS = ("EO", "SAR")
 TTA_POLICIES = ("none", "d4", "lr")
@@ -267,16 +269,20 @@ def save_card(card: ModelCard, path: Path | str) -> Path:
 
 
 def user_model_dir() -> Path:
-    """Folder for trained and imported models. The QGIS plugin points it into the profile."""
+    """The one folder for trained and imported models, the same for the GUI, Processing and the CLI."""
     configured = os.environ.get(USER_MODELS_ENV)
     if configured:
         return Path(configured)
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "footprint_plugin" / "models"
+    base = os.environ.get("XDG_DATA_HOME") or (os.environ.get("APPDATA") if os.name == "nt" else None)
+    return Path(base or Path.home() / ".local" / "share") / "footprint_plugin" / "models"
 
 
 def model_dirs() -> list[Path]:
-    return [BUNDLED_ZOO_DIR, user_model_dir()]
+    dirs = [BUNDLED_ZOO_DIR, user_model_dir()]
+    legacy = os.environ.get(LEGACY_MODELS_ENV)
+    if legacy and Path(legacy).resolve() != user_model_dir().resolve():
+        dirs.append(Path(legacy))
+    return dirs
 
 
 def scan_models(dirs: Optional[list[Path]] = None) -> tuple[list[ModelCard], list[str]]:
@@ -382,17 +388,6 @@ def default_model_name(sensor: str = "EO") -> Optional[str]:
 # ---------------------------------------------------------------------------------------------
 # Import and delete (shared by the model manager, the CLI and Processing)
 
-_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save zip archive, or the legacy pickle format
-
-
-def _check_weights_source(weights: Path) -> None:
-    if not weights.is_file():
-        raise ModelError(f"Weights file {weights} not found. Put it beside the card or pick it explicitly.")
-    with open(weights, "rb") as handle:
-        head = handle.read(4)
-    if not head.startswith(_TORCH_MAGIC):
-        raise ModelError(f"{weights} is not a PyTorch weights file (saved with torch.save). Pick the model's .pt file.")
-
 
 def import_model(
     card_file: Path | str, weights_file: Optional[Path | str] = None, target_dir: Optional[Path] = None
@@ -410,13 +405,19 @@ def import_model(
     problem = shadowing_problem(card.name)
     if problem:
         raise ModelError(f"Cannot import {card_file.name}: {problem}")
+    from .statedict import check_fits_architecture, check_weights_header, read_state_dict
+
     weights = Path(weights_file) if weights_file else card.weights_path
-    _check_weights_source(weights)
+    check_weights_header(weights)  # the first bytes and the zip directory: a wrong file is refused in no time
     actual = sha256_file(weights)
     if card.sha256 and actual.lower() != card.sha256.lower():
         raise ModelError(
             f"{weights.name} does not match the card's sha256; the download is damaged or belongs to another model."
         )
+    # Keys and shapes against the card's network (tensors memory-mapped, network on torch's meta device).
+    state = read_state_dict(weights, f"the weights for '{card.name}'")
+    check_fits_architecture(state, card.architecture, card.in_channels, card.out_channels, weights.name)
+    del state
     target_dir = Path(target_dir) if target_dir else user_model_dir()
     try:
         target_dir.mkdir(parents=True, exist_ok=True)
@@ -439,20 +440,48 @@ def import_model(
     return load_card(target_card)
 
 
-def delete_model(card: ModelCard) -> None:
-    """Remove a user model's card and weights. Bundled models are read-only; nothing outside the
-    card's own folder is ever deleted, whatever its weights_file says."""
+def training_reports_dir(model_folder: Path) -> Path:
+    """Where a model folder keeps its models' training reports: <name>.png and <name>.json."""
+    return Path(model_folder) / "training_reports"
+
+
+def model_reports(card: ModelCard) -> list[Path]:
+    """The training report files that belong to this model (beside it, in training_reports/)."""
+    if card.path is None:
+        return []
+    reports = training_reports_dir(card.path.parent)
+    return [path for path in (reports / f"{card.name}.png", reports / f"{card.name}.json") if path.is_file()]
+
+
+def delete_model(card: ModelCard, only_in: Optional[Path] = None) -> list[Path]:
+    """Remove a user model's card, weights and training reports; returns what was removed.
+
+    Bundled models are read-only; nothing outside the card's own folder is ever deleted, whatever its
+    weights_file says. only_in (the CLI passes the user model folder) refuses a card anywhere else.
+    """
     if card.bundled or card.path is None:
         raise ModelError(f"'{card.name}' is bundled with the plugin and cannot be deleted.")
     folder = card.path.parent.resolve()
     if folder == BUNDLED_ZOO_DIR:
         raise ModelError(f"'{card.name}' is bundled with the plugin and cannot be deleted.")
+    if only_in is not None and folder != Path(only_in).resolve():
+        raise ModelError(
+            f"'{card.name}' ({card.path}) is not in the user model folder {only_in}; only models there can be "
+            "deleted here. Remove other files yourself."
+        )
     weights: Optional[Path] = None
     if card.weights_file:
         try:
             weights = card.weights_path  # refuses a weights_file outside the folder
         except ModelError:
             weights = None
+    removed = [card.path]
+    reports = model_reports(card)
     card.path.unlink(missing_ok=True)
     if weights is not None and weights.is_file() and weights.parent == folder:
         weights.unlink()
+        removed.append(weights)
+    for report in reports:
+        report.unlink(missing_ok=True)
+        removed.append(report)
+    return removed
