@@ -19,6 +19,7 @@ ALGORITHMS = (
     "footprint:finetunemodel",
     "footprint:evaluatefootprints",
     "footprint:regularizefootprints",
+    "footprint:suggestcells",
 )
 _LINK_DIR = Path(tempfile.mkdtemp(prefix="footprint_plugin_link_"))
 

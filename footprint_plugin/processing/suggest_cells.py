@@ -112,15 +112,29 @@ class SuggestCellsAlgorithm(FootprintAlgorithm):
         path = source_path(self, parameters, name, context, feedback)
         return list(read_polygons(Path(path), target_crs_wkt=crs_wkt).geometries) if path else []
 
+    def prepareAlgorithm(
+        self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> bool:
+        # On the main thread, so the worker never touches the project's layers.
+        try:
+            self._rasters = self._raster_files(parameters, context)
+        except QgsProcessingException:
+            self._rasters = None  # perform() raises the same message in the run's log
+        return True
+
+    def _raster_files(self, parameters: dict[str, Any], context: QgsProcessingContext) -> tuple[Any, Any]:
+        """(the probability raster's file, the image's file or None)."""
+        probability = raster_file(self.parameterAsRasterLayer(parameters, self.PROBABILITY, context), self.PROBABILITY)
+        image_layer = self.parameterAsRasterLayer(parameters, self.IMAGE, context)
+        return probability, (raster_file(image_layer, self.IMAGE) if image_layer is not None else None)
+
     def perform(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
         from ..core.io import raster_io
         from ..core.learning.suggest import suggest_cells
 
-        probability = raster_file(self.parameterAsRasterLayer(parameters, self.PROBABILITY, context), self.PROBABILITY)
-        image_layer = self.parameterAsRasterLayer(parameters, self.IMAGE, context)
-        image = raster_file(image_layer, self.IMAGE) if image_layer is not None else None
+        probability, image = getattr(self, "_rasters", None) or self._raster_files(parameters, context)
         with raster_io.opened(probability) as dataset:
             if dataset.crs is None:
                 raise QgsProcessingException("The probability raster has no CRS. Assign one, then run again.")

@@ -179,12 +179,21 @@ class TrainModelAlgorithm(FootprintAlgorithm):
             "encoder_weights": self.parameterAsEnumString(parameters, self.ENCODER_WEIGHTS, context) or "auto",
         }
 
-    def perform(
+    def prepareAlgorithm(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
-    ) -> dict[str, Any]:
-        from ..core.learning.training import TrainingConfig, TrainingPair, train_model
-        from ..core.zoo.modelcard import check_new_model_name
+    ) -> bool:
+        # On the main thread: the project's layers are read here, so the worker thread that trains never
+        # touches them while QGIS adds or draws layers (a button run raced and crashed that way).
+        try:
+            self._inputs = self._read_inputs(parameters, context, feedback)
+        except QgsProcessingException:
+            self._inputs = None  # perform() reads them again and raises the same message in the run's log
+        return True
 
+    def _read_inputs(
+        self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> tuple[list[Any], str, Any, str]:
+        """(raster files, labels file, AOI file or None, the labels layer's name as the user sees it)."""
         rasters = self.parameterAsLayerList(parameters, self.INPUT, context)
         if not rasters:
             raise QgsProcessingException("Pick at least one raster layer with the buildings you digitized.")
@@ -193,6 +202,16 @@ class TrainModelAlgorithm(FootprintAlgorithm):
         if labels is None:
             raise QgsProcessingException(self.invalidSourceError(parameters, self.BUILDINGS))
         aoi = source_path(self, parameters, self.AOI, context, feedback)
+        return raster_paths, labels, aoi, self.source_name(parameters, self.BUILDINGS, context)
+
+    def perform(
+        self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> dict[str, Any]:
+        from ..core.learning.training import TrainingConfig, TrainingPair, train_model
+        from ..core.zoo.modelcard import check_new_model_name
+
+        inputs = getattr(self, "_inputs", None) or self._read_inputs(parameters, context, feedback)
+        raster_paths, labels, aoi, labels_name = inputs
         name = check_new_model_name(self.parameterAsString(parameters, self.NAME_PARAM, context).strip())
         out_folder = self.parameterAsString(parameters, self.OUTPUT_FOLDER, context) or None
         pairs = [
@@ -207,7 +226,7 @@ class TrainModelAlgorithm(FootprintAlgorithm):
             augmentation=self.parameterAsEnumString(parameters, self.AUGMENTATION, context) or AUGMENTATIONS[0],
             out_dir=Path(out_folder) if out_folder else None,
             training_command=f"QGIS Processing footprint:{self.NAME}",
-            labels_source=self.source_name(parameters, self.BUILDINGS, context),
+            labels_source=labels_name,
             **self.time_settings(parameters, context),
             **self.model_settings(parameters, context),
         )
