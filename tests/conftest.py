@@ -13,6 +13,10 @@ SHARED_DATA = Path(os.environ.get("FOOTPRINT_SHARED_DATA", REPO_ROOT.parent / "s
 
 # Keep tests on 2-core machines predictable and never pick up a user's model folder.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# QGIS itself saves band statistics in <raster>.aux.xml when a test makes a layer of a raster (its default
+# contrast stretch), and tests must leave ../shared untouched. The engine turns PAM off on its own reads;
+# tests/test_raster_io.py turns it back on to prove that.
+os.environ["GDAL_PAM_ENABLED"] = "NO"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -52,6 +56,20 @@ def provider(qgis_processing):
 
     with registered_provider() as provider:
         yield provider
+
+
+@pytest.fixture
+def plugin(qgis_iface, qgis_processing, qgis_new_project, tiny_model_dir, monkeypatch):
+    """The deployed plugin, its GUI started in the test QGIS (a new project), with the tiny model installed."""
+    from tests.qgis_helpers import import_plugin_package, install_plugins_menu
+
+    monkeypatch.setenv("FOOTPRINT_USER_MODELS", str(tiny_model_dir))
+    menu = install_plugins_menu(qgis_iface)
+    instance = import_plugin_package().classFactory(qgis_iface)
+    instance.initGui()
+    yield instance
+    instance.unload()
+    qgis_iface.mainWindow().menuBar().removeAction(menu.menuAction())
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from qgis.core import QgsFeature, QgsGeometry, QgsProject, QgsRasterLayer, QgsRectangle, QgsVectorLayer
 
-from tests.qgis_helpers import import_plugin_package, install_plugins_menu, wait_until
+from tests.qgis_helpers import wait_until
 
 KAMPALA_TILES = "eo/hotosm_kampala/tiles"
 
@@ -22,17 +22,6 @@ def postgis():
         pytest.skip(f"no local PostGIS for the database-table destination: {why}")
     yield server
     server.stop()
-
-
-@pytest.fixture
-def plugin(qgis_iface, qgis_processing, qgis_new_project, tiny_model_dir, monkeypatch):
-    monkeypatch.setenv("FOOTPRINT_USER_MODELS", str(tiny_model_dir))
-    menu = install_plugins_menu(qgis_iface)
-    instance = import_plugin_package().classFactory(qgis_iface)
-    instance.initGui()
-    yield instance
-    instance.unload()
-    qgis_iface.mainWindow().menuBar().removeAction(menu.menuAction())
 
 
 @pytest.fixture

@@ -10,20 +10,9 @@ import pytest
 from qgis.core import Qgis, QgsLayerTreeGroup, QgsProject, QgsRasterLayer
 from qgis.PyQt.QtWidgets import QDialogButtonBox
 
-from tests.qgis_helpers import import_plugin_package, install_plugins_menu, make_tiny_model, wait_until
+from tests.qgis_helpers import make_tiny_model, wait_until
 
 SPACENET_SAMPLE = "eo/spacenet4_atlanta_pan/tiles/sample_geotiff.tif"
-
-
-@pytest.fixture
-def plugin(qgis_iface, qgis_processing, qgis_new_project, tiny_model_dir, monkeypatch):
-    monkeypatch.setenv("FOOTPRINT_USER_MODELS", str(tiny_model_dir))
-    menu = install_plugins_menu(qgis_iface)
-    instance = import_plugin_package().classFactory(qgis_iface)
-    instance.initGui()
-    yield instance
-    instance.unload()
-    qgis_iface.mainWindow().menuBar().removeAction(menu.menuAction())
 
 
 def _load_active_raster(iface, path: Path) -> QgsRasterLayer:

@@ -3,22 +3,10 @@ Detect again with the new model; every heavy step runs as our Processing algorit
 
 from __future__ import annotations
 
-import pytest
 from qgis.core import QgsFeature, QgsGeometry, QgsProject, QgsRasterLayer
 
 from footprint_plugin.core.io.vector_io import read_polygons
-from tests.qgis_helpers import import_plugin_package, install_plugins_menu, wait_until
-
-
-@pytest.fixture
-def plugin(qgis_iface, qgis_processing, qgis_new_project, tiny_model_dir, monkeypatch):
-    monkeypatch.setenv("FOOTPRINT_USER_MODELS", str(tiny_model_dir))
-    menu = install_plugins_menu(qgis_iface)
-    instance = import_plugin_package().classFactory(qgis_iface)
-    instance.initGui()
-    yield instance
-    instance.unload()
-    qgis_iface.mainWindow().menuBar().removeAction(menu.menuAction())
+from tests.qgis_helpers import wait_until
 
 
 def test_improve_for_this_area_runs_the_whole_loop(plugin, qgis_iface, shared_data, tmp_path):

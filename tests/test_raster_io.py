@@ -171,8 +171,9 @@ def test_panchromatic_is_replicated_before_per_channel_meanstd(make_geotiff):
     assert np.allclose(scaled[0] - scaled[1], 0.1) and np.allclose(scaled[1] - scaled[2], 0.1)
 
 
-def test_reads_never_write_beside_or_inside_inputs(tmp_path):
+def test_reads_never_write_beside_or_inside_inputs(tmp_path, monkeypatch):
     """Statistics and metadata reads write no .aux.xml (GDAL's PAM is off): a /vsizip/ input keeps its sha256."""
+    monkeypatch.setenv("GDAL_PAM_ENABLED", "YES")  # as on a user's machine (the suite turns it off for QGIS)
     import hashlib
     import zipfile
 

@@ -5,24 +5,12 @@ from __future__ import annotations
 
 import re
 
-import pytest
 from qgis.core import QgsProject, QgsRasterLayer, QgsVectorLayer
 from qgis.PyQt.QtCore import Qt
 
 from footprint_plugin.core.common.vocabulary import BUILDING_FIELDS
 from footprint_plugin.core.io.vector_io import read_polygons, write_polygons
-from tests.qgis_helpers import import_plugin_package, install_plugins_menu, wait_until
-
-
-@pytest.fixture
-def plugin(qgis_iface, qgis_processing, qgis_new_project, tiny_model_dir, monkeypatch):
-    monkeypatch.setenv("FOOTPRINT_USER_MODELS", str(tiny_model_dir))
-    menu = install_plugins_menu(qgis_iface)
-    instance = import_plugin_package().classFactory(qgis_iface)
-    instance.initGui()
-    yield instance
-    instance.unload()
-    qgis_iface.mainWindow().menuBar().removeAction(menu.menuAction())
+from tests.qgis_helpers import wait_until
 
 
 def _detections_file(tmp_path, labels_path):
